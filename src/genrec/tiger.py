@@ -1,0 +1,237 @@
+"""TIGER: an encoder-decoder Transformer that generates the next item's semantic ID code by code.
+
+Shapes: B users, T history items, C codes per item (levels incl. the collision level), S encoder tokens,
+W beams (or trie nodes) per user, t decoder positions, D d_model, H heads, E head_dim, V code vocabulary.
+
+The encoder reads the user's history (one token per code, as in the paper, or one token per item: the sum of
+its code embeddings) plus an optional hashed user token. The decoder starts from BOS and emits one code per
+level; level l's logits cover only level l's codes. Decoding shares the encoder memory across beams (no copy
+per beam) and keeps a KV cache for decoder self-attention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from genrec.config import ModelConfig
+
+
+@dataclass
+class Batch:
+    users: Tensor  # [B] user bucket ids (0 = unknown user)
+    history: Tensor  # [B, T] item indices, left-padded with -1 (most recent item last)
+    targets: Tensor | None = None  # [B] item indices to predict (None at inference)
+
+    def to(self, device: torch.device | str) -> Batch:
+        targets = None if self.targets is None else self.targets.to(device)
+        return Batch(self.users.to(device), self.history.to(device), targets)
+
+
+@dataclass
+class Output:
+    loss: Tensor  # scalar mean cross-entropy over levels
+    logits: list[Tensor]  # per level [B, K_l]
+
+
+@dataclass
+class Memory:
+    """Encoder output turned into per-layer cross-attention keys and values, computed once per user."""
+
+    keys: list[Tensor]  # per decoder layer [B, H, S, E]
+    values: list[Tensor]  # per decoder layer [B, H, S, E]
+    mask: Tensor  # [B, 1, 1, S] True where attending is allowed
+
+    def select(self, index: Tensor) -> Memory:
+        """Keep the users at `index` (e.g. one shard of a batch)."""
+        return Memory([k[index] for k in self.keys], [v[index] for v in self.values], self.mask[index])
+
+
+class Attention(nn.Module):
+    def __init__(self, *, d_model: int, num_heads: int, head_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.h, self.e = num_heads, head_dim
+        self.q = nn.Linear(d_model, num_heads * head_dim, bias=False)
+        self.kv = nn.Linear(d_model, 2 * num_heads * head_dim, bias=False)
+        self.o = nn.Linear(num_heads * head_dim, d_model, bias=False)
+        self.dropout = dropout
+
+    def split(self, x: Tensor) -> Tensor:  # [N, t, H*E] -> [N, H, t, E]
+        return x.unflatten(-1, (self.h, self.e)).transpose(1, 2)
+
+    def project_kv(self, x: Tensor) -> tuple[Tensor, Tensor]:  # [N, t, D] -> 2 x [N, H, t, E]
+        k, v = self.kv(x).chunk(2, dim=-1)
+        return self.split(k), self.split(v)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool) -> Tensor:
+        p = self.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
+        return self.o(out.transpose(1, 2).flatten(2))  # [N, t, D]
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
+        self.attn = Attention(d_model=cfg.d_model, num_heads=cfg.num_heads, head_dim=cfg.head_dim, dropout=cfg.dropout)
+        self.ff = FeedForward(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:  # x [B, S, D], mask [B, 1, 1, S]
+        h = self.ln1(x)
+        k, v = self.attn.project_kv(h)
+        x = x + self.drop(self.attn.attend(self.attn.split(self.attn.q(h)), k, v, mask, causal=False))
+        return x + self.drop(self.ff(self.ln2(x)))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.up, self.down = nn.Linear(cfg.d_model, cfg.d_ff), nn.Linear(cfg.d_ff, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(self.drop(F.gelu(self.up(x))))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.ln1, self.ln2, self.ln3 = (nn.LayerNorm(cfg.d_model) for _ in range(3))
+        kw = dict(d_model=cfg.d_model, num_heads=cfg.num_heads, head_dim=cfg.head_dim, dropout=cfg.dropout)
+        self.self_attn, self.cross_attn = Attention(**kw), Attention(**kw)
+        self.ff = FeedForward(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self, x: Tensor, cross_k: Tensor, cross_v: Tensor, mask: Tensor, past: tuple[Tensor, Tensor] | None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """x [B, W, t, D]; cross_k/v [B, H, S, E]; past: self-attention keys/values [B*W, H, t_past, E]."""
+        B, W, t, D = x.shape
+        h = self.ln1(x).reshape(B * W, t, D)
+        a = self.self_attn
+        q = a.split(a.q(h))  # [B*W, H, t, E]
+        k, v = a.project_kv(h)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        assert past is None or t == 1, "cached decoding feeds one position at a time"
+        x = x + self.drop(a.attend(q, k, v, None, causal=past is None and t > 1)).view(B, W, t, D)
+        # Cross-attention: the W*t queries of a user share that user's memory, which is never copied per beam.
+        c = self.cross_attn
+        q = c.split(c.q(self.ln2(x).reshape(B, W * t, D)))  # [B, H, W*t, E]
+        x = x + self.drop(c.attend(q, cross_k, cross_v, mask, causal=False)).view(B, W, t, D)
+        x = x + self.drop(self.ff(self.ln3(x)))
+        return x, (k, v)
+
+
+class Tiger(nn.Module):
+    """Encoder-decoder over semantic-ID codes. `level_sizes[l]` codes at level l; `item_codes` [N, C] buffer."""
+
+    def __init__(self, *, cfg: ModelConfig, item_codes: Tensor, level_sizes: list[int], max_history: int) -> None:
+        super().__init__()
+        self.cfg, self.level_sizes, self.max_history = cfg, list(level_sizes), max_history
+        C = len(level_sizes)
+        assert item_codes.shape[1] == C
+        self.register_buffer("item_codes", item_codes.long(), persistent=True)  # [N, C]
+        offsets = torch.tensor([0] + level_sizes[:-1]).cumsum(0)
+        self.register_buffer("offsets", offsets, persistent=False)  # [C] first token id of each level
+        V, D = sum(level_sizes), cfg.d_model
+        self.code_emb = nn.Embedding(V + 1, D)  # last row: BOS for the decoder
+        self.user_emb = nn.Embedding(cfg.num_user_buckets + 1, D) if cfg.num_user_buckets else None
+        per_item = C if cfg.item_tokens == "codes" else 1
+        self.enc_pos = nn.Embedding(max_history * per_item + 1, D)  # counted from the most recent token
+        self.dec_pos = nn.Embedding(C, D)
+        self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
+        self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
+        self.enc_norm, self.dec_norm = nn.LayerNorm(D), nn.LayerNorm(D)
+        self.head = nn.Linear(D, V, bias=False)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.level_sizes)
+
+    # ---- encoder -------------------------------------------------------------------------------------
+    def encode(self, batch: Batch) -> Memory:
+        history = batch.history[:, -self.max_history :]  # [B, T]
+        valid = history >= 0
+        codes = self.item_codes[history.clamp(min=0)] + self.offsets  # [B, T, C]
+        emb = self.code_emb(codes)  # [B, T, C, D]
+        B, T, C, D = emb.shape
+        if self.cfg.item_tokens == "sum":
+            x, mask = emb.sum(2), valid  # [B, T, D], [B, T]
+        else:
+            x, mask = emb.reshape(B, T * C, D), valid.repeat_interleave(C, dim=1)  # [B, T*C, D]
+        S = x.shape[1]
+        x = x + self.enc_pos(torch.arange(S - 1, -1, -1, device=x.device))
+        if self.user_emb is not None:
+            x = torch.cat([self.user_emb(batch.users)[:, None] + self.enc_pos.weight[-1], x], dim=1)
+            mask = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)
+        mask = mask[:, None, None, :]  # [B, 1, 1, S]
+        x = self.drop(x)
+        for layer in self.encoder:
+            x = layer(x, mask)
+        x = self.enc_norm(x)
+        keys, values = zip(*(layer.cross_attn.project_kv(x) for layer in self.decoder))
+        return Memory(list(keys), list(values), mask)
+
+    # ---- decoder -------------------------------------------------------------------------------------
+    def embed_codes(self, codes: Tensor, start_level: int) -> Tensor:
+        """codes [..., t] of levels start_level.. -> decoder inputs (those codes as tokens) [..., t, D]."""
+        t = codes.shape[-1]
+        tokens = codes + self.offsets[start_level : start_level + t]
+        return self.code_emb(tokens) + self.dec_pos.weight[start_level + 1 : start_level + 1 + t]
+
+    def bos(self, B: int, W: int) -> Tensor:  # [B, W, 1, D]
+        return (self.code_emb.weight[-1] + self.dec_pos.weight[0]).expand(B, W, 1, -1)
+
+    def decode(
+        self, x: Tensor, memory: Memory, past: list[tuple[Tensor, Tensor]] | None = None
+    ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        """x [B, W, t, D] decoder inputs -> hidden [B, W, t, D] and the new self-attention cache."""
+        x = self.drop(x)
+        cache = []
+        for i, layer in enumerate(self.decoder):
+            x, kv = layer(x, memory.keys[i], memory.values[i], memory.mask, None if past is None else past[i])
+            cache.append(kv)
+        return self.dec_norm(x), cache
+
+    def log_probs(self, hidden: Tensor, level: int) -> Tensor:
+        """hidden [..., D] -> log-probabilities over level `level`'s codes [..., K_l]."""
+        lo = int(self.offsets[level])
+        w = self.head.weight[lo : lo + self.level_sizes[level]]
+        return F.log_softmax((hidden @ w.T).float(), dim=-1)
+
+    def forward(self, batch: Batch, label_smoothing: float = 0.0) -> Output:
+        assert batch.targets is not None
+        memory = self.encode(batch)
+        codes = self.item_codes[batch.targets]  # [B, C]
+        B, C = codes.shape
+        x = torch.cat([self.bos(B, 1), self.embed_codes(codes[:, None, :-1], 0)], dim=2)  # [B, 1, C, D]
+        hidden, _ = self.decode(x, memory)
+        logits, losses = [], []
+        for level in range(C):
+            lo = int(self.offsets[level])
+            z = hidden[:, 0, level] @ self.head.weight[lo : lo + self.level_sizes[level]].T  # [B, K_l]
+            logits.append(z)
+            losses.append(F.cross_entropy(z.float(), codes[:, level], label_smoothing=label_smoothing))
+        return Output(loss=torch.stack(losses).mean(), logits=logits)
+
+    @torch.no_grad()
+    def recommend(self, batch: Batch, k: int, trie, exclude_history: bool = False) -> tuple[Tensor, Tensor]:
+        """Top-k catalogue items by constrained beam search (beam = k): (item_ids [B, k], scores [B, k])."""
+        from genrec.decode import beam_search
+
+        result = beam_search(self, batch, trie, beam_size=k, exclude_history=exclude_history)
+        return result.items, result.scores

@@ -1,0 +1,143 @@
+"""Trie, constrained beam search and exact catalogue scoring against brute-force references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from genrec.config import ModelConfig
+from genrec.decode import beam_search, score_catalog
+from genrec.errors import GenrecError
+from genrec.tiger import Batch, Tiger
+from genrec.trie import build_trie
+
+
+def random_catalog(n: int, sizes: list[int], seed: int) -> np.ndarray:
+    """n distinct random semantic IDs with level sizes `sizes` (clustered prefixes, like real codes)."""
+    rng = np.random.default_rng(seed)
+    seen: set[tuple[int, ...]] = set()
+    while len(seen) < n:
+        seen.add(tuple(int(rng.integers(0, min(s, 3 if i == 0 else s))) for i, s in enumerate(sizes)))
+    return np.array(sorted(seen, key=lambda _: rng.random()))
+
+
+def tiny_model(codes: np.ndarray, sizes: list[int], item_tokens: str = "codes", seed: int = 0) -> Tiger:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(d_model=16, num_heads=2, head_dim=8, d_ff=32, encoder_layers=1, decoder_layers=2,
+                      dropout=0.0, item_tokens=item_tokens, num_user_buckets=7)
+    model = Tiger(cfg=cfg, item_codes=torch.from_numpy(codes), level_sizes=sizes, max_history=5)
+    for p in model.parameters():  # larger weights than the init so that scores are well spread
+        torch.nn.init.normal_(p, std=0.5)
+    return model.eval()
+
+
+def random_batch(n_items: int, B: int, seed: int) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    history = torch.randint(0, n_items, (B, 6), generator=g)
+    lengths = torch.randint(1, 7, (B,), generator=g)
+    history[torch.arange(6)[None, :] < (6 - lengths)[:, None]] = -1  # left padding
+    return Batch(users=torch.randint(0, 8, (B,), generator=g), history=history)
+
+
+def brute_force_scores(model: Tiger, batch: Batch) -> torch.Tensor:
+    """Teacher-forced log p(item) for every item, one forward pass per item: [B, N]."""
+    N = model.item_codes.shape[0]
+    B = batch.history.shape[0]
+    out = torch.empty(B, N)
+    with torch.no_grad():
+        for item in range(N):
+            b = Batch(batch.users, batch.history, torch.full((B,), item))
+            logits = model(b).logits
+            codes = model.item_codes[item]
+            out[:, item] = sum(torch.log_softmax(z, -1)[:, codes[level]] for level, z in enumerate(logits))
+    return out
+
+
+@pytest.mark.parametrize("item_tokens", ["codes", "sum"])
+def test_exact_scoring_equals_teacher_forcing(item_tokens):
+    sizes = [4, 5, 3]
+    codes = random_catalog(30, sizes, seed=1)
+    model, batch = tiny_model(codes, sizes, item_tokens), random_batch(30, 5, seed=2)
+    trie = build_trie(codes)
+    exact = score_catalog(model, batch, trie, node_chunk=4)  # small chunks exercise the chunking
+    torch.testing.assert_close(exact, brute_force_scores(model, batch), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("use_kv_cache", [True, False])
+def test_full_beam_is_the_exact_ranking(use_kv_cache):
+    sizes = [4, 5, 3]
+    codes = random_catalog(40, sizes, seed=3)
+    model, batch = tiny_model(codes, sizes), random_batch(40, 6, seed=4)
+    trie = build_trie(codes)
+    result = beam_search(model, batch, trie, beam_size=40, use_kv_cache=use_kv_cache)
+    reference = brute_force_scores(model, batch)
+    ref_scores, ref_items = reference.sort(dim=1, descending=True)
+    assert torch.equal(result.items, ref_items)
+    torch.testing.assert_close(result.scores, ref_scores, atol=1e-4, rtol=1e-4)
+
+
+def test_small_beam_returns_valid_sorted_items():
+    sizes = [4, 6, 4]
+    codes = random_catalog(60, sizes, seed=5)
+    model, batch = tiny_model(codes, sizes), random_batch(60, 8, seed=6)
+    trie = build_trie(codes)
+    reference = brute_force_scores(model, batch)
+    for beam in (1, 3, 10):
+        result = beam_search(model, batch, trie, beam_size=beam)
+        assert (result.items >= 0).all() and (result.items < 60).all()
+        assert trie.contains(model.item_codes[result.items.flatten()]).all()
+        assert (result.scores[:, :-1] >= result.scores[:, 1:]).all()
+        # every returned score is that item's true log-probability
+        torch.testing.assert_close(result.scores, reference.gather(1, result.items), atol=1e-4, rtol=1e-4)
+        assert all(len(set(row.tolist())) == beam for row in result.items)
+
+
+def test_kv_cache_matches_uncached_decoding():
+    sizes = [4, 5, 3]
+    codes = random_catalog(30, sizes, seed=7)
+    model, batch = tiny_model(codes, sizes), random_batch(30, 4, seed=8)
+    memory = model.encode(batch)
+    prefix = torch.from_numpy(codes[:4, :2])[:, None, :]  # [B, 1, 2] one beam per user
+    full = torch.cat([model.bos(4, 1), model.embed_codes(prefix, 0)], dim=2)
+    uncached, _ = model.decode(full, memory)  # [B, 1, 3, D]
+    hidden, cache = model.decode(model.bos(4, 1), memory)
+    steps = [hidden]
+    for level in range(2):
+        hidden, cache = model.decode(model.embed_codes(prefix[:, :, level : level + 1], level), memory, cache)
+        steps.append(hidden)
+    torch.testing.assert_close(torch.cat(steps, dim=2), uncached, atol=1e-5, rtol=1e-5)
+
+
+def test_exclude_history_drops_history_items():
+    sizes = [4, 5, 3]
+    codes = random_catalog(30, sizes, seed=9)
+    model, batch = tiny_model(codes, sizes), random_batch(30, 5, seed=10)
+    trie = build_trie(codes)
+    result = beam_search(model, batch, trie, beam_size=30, exclude_history=True)
+    for row, hist in zip(result.items.tolist(), batch.history.tolist()):
+        kept = [i for i in row if i >= 0]
+        assert not set(kept) & set(hist)
+        assert len(kept) == 30 - len({h for h in hist if h >= 0})
+
+
+def test_beam_larger_than_catalog_pads_with_minus_one():
+    sizes = [3, 3, 2]
+    codes = random_catalog(7, sizes, seed=11)
+    model, batch = tiny_model(codes, sizes), random_batch(7, 2, seed=12)
+    result = beam_search(model, batch, build_trie(codes), beam_size=10)
+    assert (result.items[:, :7] >= 0).all() and (result.items[:, 7:] == -1).all()
+    assert torch.isinf(result.scores[:, 7:]).all()
+
+
+def test_trie_structure_and_duplicates():
+    codes = np.array([[1, 0, 0], [0, 2, 0], [0, 2, 1], [1, 1, 0]])
+    trie = build_trie(codes)
+    assert trie.child_start[0].tolist() == [0, 2]  # root -> codes 0, 1
+    assert trie.node_code[0].tolist() == [0, 1]
+    assert trie.node_code[1].tolist() == [2, 0, 1]  # (0,2), (1,0), (1,1)
+    assert trie.leaf_item.tolist() == [1, 2, 0, 3]  # lexicographic order of the IDs
+    assert trie.contains(torch.tensor([[0, 2, 1], [0, 2, 2], [1, 1, 0], [2, 0, 0]])).tolist() == [
+        True, False, True, False]
+    with pytest.raises(GenrecError, match="share a semantic ID"):
+        build_trie(np.array([[0, 1], [0, 1]]))
