@@ -78,7 +78,8 @@ class TrainConfig:
     max_minutes: float = 0.0  # stop after this much training time (0: no limit); the schedule still spans max_steps
     eval_every: int = 2000  # steps between validation runs (model selection and early stopping)
     patience: int = 3  # stop after this many validation runs without improvement (0: never)
-    select_metric: str = "ndcg@10"  # validation metric for model selection
+    valid_beam_size: int = 20  # beam width of the validation runs during training (all validation users)
+    select_metric: str = "ndcg@10"  # validation metric for model selection (k <= valid_beam_size)
     label_smoothing: float = 0.0
     dtype: str = "float32"  # "float32" or "bfloat16" (autocast)
     seed: int = 0
@@ -181,7 +182,7 @@ def validate(cfg: Config) -> None:
                 "quantize.codebook_size": q.codebook_size, "model.d_model": m.d_model, "model.num_heads": m.num_heads,
                 "model.head_dim": m.head_dim, "model.d_ff": m.d_ff, "model.encoder_layers": m.encoder_layers,
                 "model.decoder_layers": m.decoder_layers, "train.batch_size": t.batch_size, "train.max_steps": t.max_steps,
-                "train.eval_every": t.eval_every, "evaluate.beam_size": e.beam_size, "evaluate.batch_size": e.batch_size}
+                "train.eval_every": t.eval_every, "train.valid_beam_size": t.valid_beam_size, "evaluate.beam_size": e.beam_size, "evaluate.batch_size": e.batch_size}
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key} must be at least 1, got {value}")
@@ -192,9 +193,9 @@ def validate(cfg: Config) -> None:
     if not set(e.splits) <= {"valid", "test"} or not e.splits:
         raise ConfigError(f"evaluate.splits must be a subset of [valid, test], got {list(e.splits)}")
     metric, _, k = t.select_metric.partition("@")
-    if metric not in ("recall", "ndcg") or not k.isdigit() or int(k) > e.beam_size:
+    if metric not in ("recall", "ndcg") or not k.isdigit() or int(k) > t.valid_beam_size:
         raise ConfigError(f"train.select_metric={t.select_metric!r} must be recall@k or ndcg@k with "
-                          f"k <= evaluate.beam_size ({e.beam_size})")
+                          f"k <= train.valid_beam_size ({t.valid_beam_size})")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

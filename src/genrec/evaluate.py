@@ -1,0 +1,145 @@
+"""Evaluation: leave-one-out (or temporal) next-item prediction over the full catalogue, every user.
+
+Protocol. Each evaluated user has one held-out target item and a history (the items before it, truncated
+to the model's `max_history`). The model ranks the *whole catalogue*; no sampled negatives. Metrics are
+computed on item IDs after mapping semantic IDs back to items, so two items that share a code prefix are
+never confused. Recall@k = share of users whose target is in the top k; NDCG@k = mean of 1/log2(rank + 2)
+over users whose target is in the top k (one relevant item, so the ideal DCG is 1).
+
+Two methods:
+- "generative": constrained beam search with `beam_size` beams returns `beam_size` items; metrics are
+  reported only for k <= beam_size (a larger k would be capped by the beam, and is listed as omitted).
+- "exact": every item's log-probability is computed (work shared along the trie); the ranking is complete,
+  so every k is reported. The rank of a target is the number of items scoring strictly higher.
+
+Users are sharded across processes as indices[rank::world] with no padding, and sums of per-user metric
+values and user counts are all-reduced, so N processes give the same numbers as one. Validation is for model
+selection and early stopping; the test split is only ever reported. History items are kept in the ranking
+unless `exclude_history` is set (TIGER and LIGER keep them).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from genrec.batches import eval_batches
+from genrec.config import Config
+from genrec.decode import beam_search, score_catalog
+from genrec.distributed import DistInfo, all_reduce_sum
+from genrec.metrics import metric_sums, ranks_in_list, ranks_in_scores
+from genrec.splits import EvalSet
+from genrec.tiger import Tiger
+from genrec.trie import Trie
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float] = field(default_factory=dict)  # "{split}/{method}/{metric}@{k}" -> value
+    omitted: dict[str, str] = field(default_factory=dict)  # key -> why it is not reported
+    users: int = 0
+    seconds: float = 0.0
+
+
+@torch.no_grad()
+def evaluate_split(
+    model: Tiger, trie: Trie, eval_set: EvalSet, user_bucket: np.ndarray, *, split: str, beam_size: int,
+    ks: tuple[int, ...], exact: bool = False, batch_size: int = 256, exclude_history: bool = False,
+    rank: int = 0, world_size: int = 1, all_reduce: Callable[[Tensor], Tensor] = lambda t: t,
+    progress: bool = False,
+) -> EvalResult:
+    """Recall/NDCG@k of `model` on one split; every process calls this with its rank."""
+    start = time.perf_counter()
+    model.eval()
+    ks = tuple(sorted(ks))
+    gen_ks = tuple(k for k in ks if k <= beam_size)
+    sums = {"generative": torch.zeros(2, len(gen_ks), dtype=torch.double)}
+    if exact:
+        sums["exact"] = torch.zeros(2, len(ks), dtype=torch.double)
+    count = torch.zeros(1, dtype=torch.double)
+    batches = eval_batches(eval_set.histories, eval_set.targets, user_bucket[eval_set.users],
+                           max_history=model.max_history, batch_size=batch_size, rank=rank, world_size=world_size)
+    if progress:
+        from tqdm import tqdm
+
+        total = (len(eval_set.targets[rank::world_size]) + batch_size - 1) // batch_size
+        batches = tqdm(batches, total=total, desc=f"evaluate {split}", leave=False)
+    for _, batch in batches:
+        if gen_ks:
+            result = beam_search(model, batch, trie, beam_size=beam_size, exclude_history=exclude_history)
+            sums["generative"] += metric_sums(ranks_in_list(result.items, batch.targets), gen_ks)
+        if exact:
+            scores = score_catalog(model, batch, trie)  # [B, N]
+            if exclude_history:
+                hist = batch.history.clamp(min=0)
+                scores.scatter_(1, hist, torch.where(batch.history >= 0, float("-inf"), scores.gather(1, hist)))
+            sums["exact"] += metric_sums(ranks_in_scores(scores, batch.targets), ks)
+        count += batch.targets.shape[0]
+    out = EvalResult()
+    n = float(all_reduce(count)[0])
+    for method, s in sums.items():
+        s = all_reduce(s) / max(n, 1.0)
+        method_ks = gen_ks if method == "generative" else ks
+        for j, k in enumerate(method_ks):
+            out.metrics[f"{split}/{method}/recall@{k}"] = float(s[0, j])
+            out.metrics[f"{split}/{method}/ndcg@{k}"] = float(s[1, j])
+    for k in ks:
+        if k > beam_size:
+            reason = (f"beam search returns {beam_size} items (evaluate.beam_size); raise it to >= {k} "
+                      f"or set evaluate.exact=true for a complete ranking")
+            out.omitted[f"{split}/generative/recall@{k}"] = reason
+            out.omitted[f"{split}/generative/ndcg@{k}"] = reason
+    out.users, out.seconds = int(n), time.perf_counter() - start
+    return out
+
+
+def format_table(metrics: dict[str, float], ks: tuple[int, ...]) -> str:
+    """Rows split/method, columns R@k and N@k; '-' where a metric is not reported."""
+    rows = sorted({key.rsplit("/", 1)[0] for key in metrics})
+    cols = [(m, k) for m in ("recall", "ndcg") for k in sorted(ks)]
+    header = f"{'split/method':<20}" + "".join(f"{m[0].upper()}@{k:<6}" for m, k in cols)
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        vals = [metrics.get(f"{row}/{m}@{k}") for m, k in cols]
+        lines.append(f"{row:<20}" + "".join(f"{v:<8.4f}" if v is not None else f"{'-':<8}" for v in vals))
+    return "\n".join(lines)
+
+
+def evaluate_run(cfg: Config, run_dir: Path, out_dir: Path, dist: DistInfo, model_dir: Path | None = None
+                 ) -> dict[str, Any]:
+    """The evaluate stage: the selected model of a run on its validation and test splits -> results.json."""
+    from genrec.checkpoint import check_catalog, load_model
+    from genrec.workspace import load_workspace
+
+    ws = load_workspace(cfg, run_dir)
+    model_dir = model_dir or run_dir / "train" / "best"
+    model = load_model(model_dir, map_location=dist.device)
+    check_catalog(model_dir, ws.item_codes)
+    e = cfg.evaluate
+    results: dict[str, Any] = {"metrics": {}, "omitted": {}, "users": {}, "seconds": {},
+                               "beam_size": e.beam_size, "exact": e.exact, "exclude_history": e.exclude_history,
+                               "model": str(model_dir), "num_items": len(ws.item_ids)}
+    for split in e.splits:
+        eval_set = ws.split.valid if split == "valid" else ws.split.test
+        r = evaluate_split(model, ws.trie.to(dist.device), eval_set, ws.user_bucket, split=split,
+                           beam_size=e.beam_size, ks=e.ks, exact=e.exact, batch_size=e.batch_size,
+                           exclude_history=e.exclude_history, rank=dist.rank, world_size=dist.world_size,
+                           all_reduce=all_reduce_sum, progress=dist.is_main and sys.stderr.isatty())
+        results["metrics"].update(r.metrics)
+        results["omitted"].update(r.omitted)
+        results["users"][split], results["seconds"][split] = r.users, round(r.seconds, 2)
+        logger.info("%s: %d users in %.1f s", split, r.users, r.seconds)
+    if dist.is_main:
+        (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    return results

@@ -1,0 +1,185 @@
+"""Training: next-item semantic-ID generation with teacher forcing, selected on validation.
+
+Every position >= 1 of every training sequence is an example. Steps are counted in global batches of
+`train.batch_size` examples, split evenly across processes under torchrun (DDP). Every `eval_every` steps the
+model is evaluated on *all* validation users with constrained beam search; the best one (by
+`select_metric`) is kept in `best/`, and training stops after `patience` evaluations without improvement,
+at `max_steps`, or after `max_minutes`. A checkpoint-<step>/ carries everything needed to resume exactly
+(weights, optimizer, scheduler, data cursor, RNG state); a killed run resumes from the latest one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from genrec import checkpoint as ckpt
+from genrec.batches import TrainExamples
+from genrec.config import Config, ModelConfig
+from genrec.distributed import DistInfo, all_reduce_sum, barrier
+from genrec.errors import GenrecError
+from genrec.evaluate import evaluate_split
+from genrec.tiger import Tiger
+from genrec.workspace import Workspace, load_workspace
+
+logger = logging.getLogger(__name__)
+
+
+def build_model(model_cfg: ModelConfig, ws: Workspace, max_history: int) -> Tiger:
+    return Tiger(cfg=model_cfg, item_codes=torch.from_numpy(ws.item_codes), level_sizes=ws.level_sizes,
+                 max_history=max_history)
+
+
+def make_optimizer(model: Tiger, cfg: Config) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "emb" not in n]
+    other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "emb" not in n)]
+    t = cfg.train
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay}, {"params": other, "weight_decay": 0.0}],
+                            lr=t.lr, betas=(0.9, 0.98))
+
+    def schedule(step: int) -> float:  # linear warm-up, then cosine to 0 at max_steps
+        if step < t.warmup_steps:
+            return (step + 1) / t.warmup_steps
+        progress = (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+
+
+class TrainLog:
+    """JSON lines (and TensorBoard scalars when tensorboard is installed), main process only."""
+
+    def __init__(self, out_dir: Path, enabled: bool) -> None:
+        self.enabled, self.path, self.tb = enabled, out_dir / "log.jsonl", None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(out_dir / "tensorboard"))
+            except ImportError:
+                pass
+
+    def write(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, **values}) + "\n")
+        if self.tb is not None:
+            for key, value in values.items():
+                self.tb.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def validate(model: Tiger, ws: Workspace, cfg: Config, dist: DistInfo) -> dict[str, float]:
+    result = evaluate_split(model, ws.trie, ws.split.valid, ws.user_bucket, split="valid",
+                            beam_size=cfg.train.valid_beam_size,
+                            ks=tuple(k for k in cfg.evaluate.ks if k <= cfg.train.valid_beam_size),
+                            batch_size=cfg.evaluate.batch_size, exclude_history=cfg.evaluate.exclude_history,
+                            rank=dist.rank, world_size=dist.world_size, all_reduce=all_reduce_sum)
+    return result.metrics
+
+
+def train(cfg: Config, run_dir: Path, out_dir: Path, dist: DistInfo) -> dict[str, Any]:
+    """Train into out_dir (resuming from its latest checkpoint), leaving the selected model in out_dir/best."""
+    t = cfg.train
+    if t.batch_size % dist.world_size:
+        raise GenrecError(f"train.batch_size={t.batch_size} must be divisible by the {dist.world_size} processes")
+    ws = load_workspace(cfg, run_dir)
+    examples = TrainExamples(ws.split.train, ws.user_bucket, cfg.data.max_history)
+    if len(examples) == 0:
+        raise GenrecError("the training split has no examples (every user needs at least 4 items for "
+                          "leave-one-out); check the data or lower data.min_interactions")
+    torch.manual_seed(t.seed)
+    model = build_model(cfg.model, ws, cfg.data.max_history)
+    opt, sched = make_optimizer(model, cfg)
+    state = {"step": 0, "epoch": 0, "cursor": 0, "best": -1.0, "best_step": 0, "bad_evals": 0, "seconds": 0.0}
+    latest = ckpt.latest_checkpoint(out_dir)
+    if latest is not None:
+        saved = ckpt.load_trainer_state(latest)
+        model.load_state_dict(ckpt.load_model(latest).state_dict())
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        state = saved["state"]
+        ckpt.set_rng_state(saved["rng"])
+        logger.info("resuming from %s (step %d)", latest, state["step"])
+    net = DistributedDataParallel(model) if dist.world_size > 1 else model
+    autocast = (torch.autocast("cpu" if dist.device == "cpu" else "cuda", dtype=torch.bfloat16)
+                if t.dtype == "bfloat16" else nullcontext())
+    log = TrainLog(out_dir, dist.is_main)
+    metric_key = f"valid/generative/{t.select_metric}"
+    batches = examples.epoch_batches(state["epoch"], t.batch_size, t.seed)
+    logger.info("training on %d examples (%d batches of %d per epoch), %d parameters", len(examples),
+                len(batches), t.batch_size, sum(p.numel() for p in model.parameters()))
+    window_loss, window_examples, window_start = 0.0, 0, time.perf_counter()
+    run_start = time.perf_counter() - state["seconds"]
+    stop = False
+    while not stop:
+        if state["cursor"] >= len(batches):
+            state["epoch"], state["cursor"] = state["epoch"] + 1, 0
+            batches = examples.epoch_batches(state["epoch"], t.batch_size, t.seed)
+        index = batches[state["cursor"]][dist.rank :: dist.world_size]
+        state["cursor"] += 1
+        model.train()
+        batch = examples.batch(index).to(dist.device)
+        with autocast:
+            loss = net(batch, label_smoothing=t.label_smoothing).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        state["step"] += 1
+        step = state["step"]
+        window_loss += float(loss.detach()) * len(index)
+        window_examples += len(index)
+        state["seconds"] = time.perf_counter() - run_start
+        out_of_time = t.max_minutes > 0 and state["seconds"] >= 60 * t.max_minutes
+        if step % t.log_every == 0:
+            elapsed = time.perf_counter() - window_start
+            log.write(step, {"train/loss": window_loss / window_examples, "train/lr": sched.get_last_lr()[0],
+                             "train/examples_per_s": window_examples * dist.world_size / elapsed,
+                             "train/epoch": state["epoch"] + state["cursor"] / len(batches)})
+            window_loss, window_examples, window_start = 0.0, 0, time.perf_counter()
+        if step % t.eval_every and step < t.max_steps and not out_of_time:
+            continue
+        metrics = validate(model, ws, cfg, dist)
+        value = metrics[metric_key]
+        log.write(step, metrics)
+        logger.info("step %d: %s = %.4f (best %.4f at step %d)", step, metric_key, value, state["best"],
+                    state["best_step"])
+        if value > state["best"]:
+            state.update(best=value, best_step=step, bad_evals=0)
+            if dist.is_main:
+                ckpt.save_model(model, out_dir / "best")
+        else:
+            state["bad_evals"] += 1
+        stop = (step >= t.max_steps or out_of_time or (t.patience > 0 and state["bad_evals"] >= t.patience))
+        if dist.is_main:
+            ckpt.save_model(model, out_dir / f"checkpoint-{step}", extra_state={
+                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "state": dict(state),
+                "rng": ckpt.rng_state()})
+            old = sorted((int(p.name.split("-")[1]), p) for p in out_dir.glob("checkpoint-*"))
+            for _, path in old[: -t.keep_checkpoints]:
+                shutil.rmtree(path)
+        barrier()
+        window_start = time.perf_counter()
+    log.close()
+    summary = {"steps": state["step"], "epochs": state["epoch"] + state["cursor"] / len(batches),
+               "best_step": state["best_step"], f"best_{metric_key}": state["best"], "seconds": state["seconds"],
+               "examples": len(examples)}
+    if dist.is_main:
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
