@@ -11,11 +11,13 @@ import torch
 from torch import Tensor
 
 
+MISS = 2**62  # the rank of a target that is not in the returned list: beyond every k
+
+
 def ranks_in_list(items: Tensor, targets: Tensor) -> Tensor:
-    """items [B, n] ranked item ids (-1 = empty slot), targets [B] -> 0-based rank [B]; n if absent."""
+    """items [B, n] ranked item ids (-1 = empty slot), targets [B] -> 0-based rank [B]; MISS if absent."""
     hit = items == targets[:, None]
-    n = items.shape[1]
-    return torch.where(hit.any(1), hit.float().argmax(1), torch.full_like(targets, n))
+    return torch.where(hit.any(1), hit.float().argmax(1), torch.full_like(targets, MISS))
 
 
 def ranks_in_scores(scores: Tensor, targets: Tensor) -> Tensor:

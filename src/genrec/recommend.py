@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,6 @@ def recommend(run_dir: Path, *, k: int, history: list[str] | None = None, user: 
     for rank, (item, score) in enumerate(zip(result.items[0].tolist(), result.scores[0].tolist()), start=1):
         if item < 0:
             break
-        title = dataset.items[item].get("title") or ""
-        out.append(Recommendation(rank, dataset.item_ids[item], score, str(title)))
+        title = html.unescape(str(dataset.items[item].get("title") or ""))
+        out.append(Recommendation(rank, dataset.item_ids[item], score, title))
     return out

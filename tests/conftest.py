@@ -1,0 +1,29 @@
+"""Shared fixtures: a tiny synthetic dataset and recipe overrides that put every artifact under tmp_path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from genrec.synthetic import write_synthetic
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "tiny.yaml"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("tiny-data")
+    write_synthetic(directory, num_users=120, items_per_kind=8)
+    return directory
+
+
+@pytest.fixture
+def tiny_overrides(tmp_path, tiny_data) -> list[str]:
+    """Overrides of configs/tiny.yaml: data from tiny_data, run directory in tmp_path, a few steps only."""
+    return [f"run_dir={tmp_path / 'run'}", f"data.path={tiny_data}", "train.max_steps=80", "train.eval_every=40",
+            "train.warmup_steps=5", "train.batch_size=32"]

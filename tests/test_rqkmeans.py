@@ -1,0 +1,193 @@
+"""RQ-KMeans: k-means correctness, determinism, dead centroids, the injected all-reduce, collision level, health."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+import genrec.rqkmeans as rq
+from genrec.errors import GenrecError
+from genrec.rqkmeans import add_collision_level, codebook_health, encode, fit_rq_kmeans, kmeans
+
+
+def clustered(n: int = 600, d: int = 8, clusters: int = 12, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(clusters, d, generator=g) * 3  # [C, D]
+    return centers[torch.randint(clusters, (n,), generator=g)] + 0.5 * torch.randn(n, d, generator=g)  # [N, D]
+
+
+def test_codes_in_range_and_residual_falls_each_level():
+    x = clustered()
+    result = fit_rq_kmeans(x, num_levels=3, codebook_size=16, iters=20, seed=0)
+    assert result.codes.shape == (600, 3) and result.codes.dtype == torch.int64
+    assert int(result.codes.min()) >= 0 and int(result.codes.max()) < 16
+    assert len(result.centroids) == 3 and all(c.shape == (16, 8) for c in result.centroids)
+    norms = result.residual_norms
+    assert len(norms) == 4
+    assert norms[0] == pytest.approx(float(x.double().pow(2).sum(1).mean()))
+    assert all(after < before for before, after in zip(norms, norms[1:]))
+    # the reported residual matches the reconstruction from codes and centroids
+    recon = sum(c[result.codes[:, level]] for level, c in enumerate(result.centroids))
+    assert norms[-1] == pytest.approx(float((x - recon).double().pow(2).sum(1).mean()), rel=1e-4)
+
+
+def test_same_seed_same_codes_different_seed_differs():
+    x = clustered(seed=1)
+    a = fit_rq_kmeans(x, num_levels=2, codebook_size=16, iters=10, seed=0)
+    b = fit_rq_kmeans(x, num_levels=2, codebook_size=16, iters=10, seed=0)
+    c = fit_rq_kmeans(x, num_levels=2, codebook_size=16, iters=10, seed=1)
+    assert torch.equal(a.codes, b.codes)
+    assert all(torch.equal(p, q) for p, q in zip(a.centroids, b.centroids))
+    assert not torch.equal(a.codes, c.codes)
+
+
+def test_encode_reproduces_fit_codes():
+    x = clustered(n=500, seed=2)
+    result = fit_rq_kmeans(x, num_levels=3, codebook_size=8, iters=15, seed=0)
+    assert torch.equal(encode(x, result.centroids), result.codes)
+
+
+def test_chunked_encode_matches_brute_force(monkeypatch):
+    monkeypatch.setattr(rq, "_CHUNK_ROWS", 7)  # many ragged blocks
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(50, 5, generator=g)
+    centroids = [torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g) * 0.3]
+    residual, expected = x.double(), []
+    for c in centroids:  # reference: exact distances with torch.cdist in float64
+        idx = torch.cdist(residual, c.double()).argmin(1)
+        expected.append(idx)
+        residual = residual - c.double()[idx]
+    assert torch.equal(encode(x, centroids), torch.stack(expected, 1))
+
+
+def test_kmeans_recovers_well_separated_blobs():
+    g = torch.Generator().manual_seed(4)
+    centers = torch.tensor([[10.0, 0, 0], [-10, 0, 0], [0, 10, 0], [0, -10, 0], [0, 0, 10]])  # [5, 3]
+    label = torch.arange(400) % 5
+    x = centers[label] + 0.1 * torch.randn(400, 3, generator=g)
+    found, assign = kmeans(x, 5, iters=20, generator=torch.Generator().manual_seed(0))
+    match = torch.cdist(centers, found).argmin(1)  # nearest found centroid per true center
+    assert sorted(match.tolist()) == list(range(5))
+    assert torch.allclose(found[match], centers, atol=0.05)
+    assert torch.equal(assign, match[label])
+
+
+def test_dead_centroids_are_reseeded():
+    # 8 distinct points with heavy duplication; start every centroid on the same point, so 7 begin empty
+    g = torch.Generator().manual_seed(5)
+    points = torch.randn(8, 4, generator=g) * 5  # [8, 4]
+    x = points[torch.tensor([0] * 40 + [1] * 30 + [2, 3, 4, 5, 6, 7] * 2)]  # [82, 4]
+    init = points[:1].repeat(8, 1)  # [8, 4]
+    found, assign = kmeans(x, 8, iters=30, generator=torch.Generator().manual_seed(0), init=init)
+    assert torch.bincount(assign, minlength=8).min() > 0
+    assert torch.allclose(torch.sort(found, dim=0).values, torch.sort(points, dim=0).values, atol=1e-5)
+    # the k-means++ path with the same duplicated data also uses every centroid
+    found, assign = kmeans(x, 8, iters=30, generator=torch.Generator().manual_seed(1))
+    assert torch.bincount(assign, minlength=8).min() > 0
+
+
+def test_too_few_items_is_a_user_error():
+    with pytest.raises(GenrecError, match="catalogue has 10 items, fewer than quantize.codebook_size=16"):
+        fit_rq_kmeans(torch.randn(10, 4), num_levels=2, codebook_size=16, iters=5, seed=0)
+
+
+class ThreadAllReduce:
+    """An in-process all-reduce for `world` threads running in lockstep: sums in rank order."""
+
+    def __init__(self, world: int) -> None:
+        self.slots: list[torch.Tensor | None] = [None] * world
+        self.barrier = threading.Barrier(world, timeout=60)
+        self.calls = 0
+
+    def for_rank(self, rank: int):
+        def all_reduce(t: torch.Tensor) -> torch.Tensor:
+            self.slots[rank] = t.clone()
+            self.barrier.wait()
+            total = self.slots[0].clone()
+            for other in self.slots[1:]:
+                total += other
+            self.barrier.wait()  # nobody overwrites a slot before everyone has summed
+            if rank == 0:
+                self.calls += 1
+            return total
+
+        return all_reduce
+
+
+def run_sharded(x: torch.Tensor, shards: list[slice], **kwargs) -> list[rq.RQResult]:
+    reducer = ThreadAllReduce(len(shards))
+    results: list = [None] * len(shards)
+    errors: list = []
+
+    def work(rank: int) -> None:
+        try:
+            results[rank] = fit_rq_kmeans(x[shards[rank]], all_reduce=reducer.for_rank(rank), rank=rank, **kwargs)
+        except BaseException as err:  # surfaced below; a dead thread would otherwise hang its peer
+            errors.append(err)
+            reducer.barrier.abort()
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in range(len(shards))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert reducer.calls > 0
+    return results
+
+
+def test_two_shards_with_all_reduce_match_one_process():
+    x = clustered(n=700, seed=6)
+    kwargs = dict(num_levels=3, codebook_size=16, iters=20, seed=0)
+    full = fit_rq_kmeans(x, **kwargs)
+    same = fit_rq_kmeans(x, all_reduce=lambda t: t, **kwargs)  # identity reduction == no reduction
+    assert torch.equal(full.codes, same.codes)
+    # uneven shards: each "process" sees only its rows, yet both get the one-process centroids
+    a, b = run_sharded(x, [slice(0, 250), slice(250, None)], **kwargs)
+    for level in range(3):
+        assert torch.equal(a.centroids[level], b.centroids[level])
+        assert torch.allclose(a.centroids[level], full.centroids[level], atol=1e-5)
+    assert torch.equal(torch.cat([a.codes, b.codes]), full.codes)
+    assert a.residual_norms == pytest.approx(full.residual_norms, rel=1e-9)
+
+
+def test_shards_without_all_reduce_would_differ():
+    # guards the test above: a shard fitted alone gives other centroids than the all-reduced fit
+    x = clustered(n=700, seed=6)
+    alone = fit_rq_kmeans(x[:250], num_levels=1, codebook_size=16, iters=20, seed=0)
+    full = fit_rq_kmeans(x, num_levels=1, codebook_size=16, iters=20, seed=0)
+    assert not torch.allclose(alone.centroids[0], full.centroids[0], atol=1e-3)
+
+
+def test_add_collision_level_hand_computed():
+    codes = np.array([[1, 2], [1, 2], [0, 0], [1, 2], [0, 0], [3, 3]])
+    expected = np.array([[1, 2, 0], [1, 2, 1], [0, 0, 0], [1, 2, 2], [0, 0, 1], [3, 3, 0]])
+    out = add_collision_level(codes)
+    assert out.dtype == np.int64
+    np.testing.assert_array_equal(out, expected)
+    assert add_collision_level(np.zeros((0, 3), dtype=np.int64)).shape == (0, 4)
+
+
+def test_ids_unique_after_collision_level():
+    x = clustered(n=600, seed=7)
+    codes = fit_rq_kmeans(x, num_levels=2, codebook_size=4, iters=10, seed=0).codes.numpy()
+    assert len(np.unique(codes, axis=0)) < len(codes)  # 16 IDs for 600 items: collisions are certain
+    with_suffix = add_collision_level(codes)
+    assert len(np.unique(with_suffix, axis=0)) == len(codes)
+    np.testing.assert_array_equal(with_suffix[:, :2], codes)
+
+
+def test_codebook_health_hand_computed():
+    codes = np.array([[0, 1], [0, 1], [1, 2], [2, 3]])
+    health = codebook_health(codes, codebook_size=4)
+    level0, level1 = health["levels"]
+    assert level0["used_codes"] == 3 and level0["usage"] == 0.75
+    p = np.array([0.5, 0.25, 0.25])
+    assert level0["perplexity"] == pytest.approx(float(np.exp(-(p * np.log(p)).sum())))
+    assert level1["used_codes"] == 3
+    assert health["num_ids"] == 3
+    assert health["unique_fraction"] == 0.5  # items 2 and 3 are alone; 0 and 1 share (0, 1)
+    assert health["collision_groups"] == 1 and health["largest_group"] == 2
