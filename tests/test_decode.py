@@ -22,10 +22,11 @@ def random_catalog(n: int, sizes: list[int], seed: int) -> np.ndarray:
     return np.array(sorted(seen, key=lambda _: rng.random()))
 
 
-def tiny_model(codes: np.ndarray, sizes: list[int], item_tokens: str = "codes", seed: int = 0) -> Tiger:
+def tiny_model(codes: np.ndarray, sizes: list[int], item_tokens: str = "codes", seed: int = 0,
+               causal_encoder: bool = False) -> Tiger:
     torch.manual_seed(seed)
     cfg = ModelConfig(d_model=16, num_heads=2, head_dim=8, d_ff=32, encoder_layers=1, decoder_layers=2,
-                      dropout=0.0, item_tokens=item_tokens, num_user_buckets=7)
+                      dropout=0.0, item_tokens=item_tokens, num_user_buckets=7, causal_encoder=causal_encoder)
     model = Tiger(cfg=cfg, item_codes=torch.from_numpy(codes), level_sizes=sizes, max_history=5)
     for p in model.parameters():  # larger weights than the init so that scores are well spread
         torch.nn.init.normal_(p, std=0.5)
@@ -54,11 +55,11 @@ def brute_force_scores(model: Tiger, batch: Batch) -> torch.Tensor:
     return out
 
 
-@pytest.mark.parametrize("item_tokens", ["codes", "sum"])
-def test_exact_scoring_equals_teacher_forcing(item_tokens):
+@pytest.mark.parametrize("item_tokens, causal", [("codes", False), ("sum", False), ("codes", True), ("sum", True)])
+def test_exact_scoring_equals_teacher_forcing(item_tokens, causal):
     sizes = [4, 5, 3]
     codes = random_catalog(30, sizes, seed=1)
-    model, batch = tiny_model(codes, sizes, item_tokens), random_batch(30, 5, seed=2)
+    model, batch = tiny_model(codes, sizes, item_tokens, causal_encoder=causal), random_batch(30, 5, seed=2)
     trie = build_trie(codes)
     exact = score_catalog(model, batch, trie, node_chunk=4)  # small chunks exercise the chunking
     torch.testing.assert_close(exact, brute_force_scores(model, batch), atol=1e-4, rtol=1e-4)
@@ -141,3 +142,49 @@ def test_trie_structure_and_duplicates():
         True, False, True, False]
     with pytest.raises(GenrecError, match="share a semantic ID"):
         build_trie(np.array([[0, 1], [0, 1]]))
+
+
+def test_one_pass_training_equals_one_example_per_target():
+    """A causal encoder trains all targets of a window in one pass: the loss equals the mean of the
+    per-target losses computed one (truncated history, target) example at a time."""
+    from genrec.batches import TrainExamples, TrainWindows
+
+    sizes = [4, 5, 3]
+    codes = random_catalog(30, sizes, seed=13)
+    torch.manual_seed(0)
+    cfg = ModelConfig(d_model=16, num_heads=2, head_dim=8, d_ff=32, encoder_layers=2, decoder_layers=1, dropout=0.0,
+                      num_user_buckets=5, causal_encoder=True)
+    for item_tokens in ("codes", "sum"):
+        model = Tiger(cfg=cfg.__class__(**{**cfg.__dict__, "item_tokens": item_tokens}),
+                      item_codes=torch.from_numpy(codes), level_sizes=sizes, max_history=6)
+        rng = np.random.default_rng(1)
+        train = [rng.choice(30, size=n, replace=False) for n in (2, 5, 7, 3)]  # all fit one window (<= 7 items)
+        users = np.array([1, 2, 3, 4])
+        windows, examples = TrainWindows(train, users, 6), TrainExamples(train, users, 6)
+        assert windows.targets == len(examples) == 1 + 4 + 6 + 2
+        one_pass = model(windows.batch(np.arange(len(windows)))).loss
+        per_example = [model(examples.batch(np.array([i]))).loss for i in range(len(examples))]
+        torch.testing.assert_close(one_pass, torch.stack(per_example).mean(), atol=1e-5, rtol=1e-5)
+
+
+def test_long_sequences_train_every_target_once_with_enough_history():
+    from genrec.batches import TrainWindows
+
+    H = 6
+    seq = np.arange(100, 125)  # 25 items: several windows
+    windows = TrainWindows([seq, np.arange(3)], np.array([0, 0]), H)
+    batch = windows.batch(np.arange(len(windows)))
+    seen = []
+    for history, targets in zip(batch.history.tolist(), batch.targets.tolist()):
+        for j, t in enumerate(targets):
+            if t >= 0:
+                hist = [h for h in history[: j + 1] if h >= 0]
+                first = 100 if t >= 100 else 0
+                assert hist == list(range(t - len(hist), t))  # the items right before the target
+                available = t - first  # items before the target in its sequence
+                if available <= H:
+                    assert len(hist) == available
+                else:
+                    assert H // 2 + 1 <= len(hist) <= H
+                seen.append(t)
+    assert sorted(seen) == [1, 2] + list(range(101, 125))

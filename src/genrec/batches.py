@@ -71,23 +71,76 @@ class TrainExamples:
         return len(self.seq_index)
 
     def epoch_batches(self, epoch: int, batch_size: int, seed: int) -> list[np.ndarray]:
-        """One epoch as a list of global batches of example indices: shuffled, then grouped by length within
-        windows of 64 batches so that little padding is wasted; batch order shuffled again."""
-        rng = np.random.default_rng([seed, epoch])
-        order = rng.permutation(len(self))
-        window = batch_size * 64
-        batches = []
-        for lo in range(0, len(order), window):
-            chunk = order[lo : lo + window]
-            chunk = chunk[np.argsort(self.history_len[chunk], kind="stable")]
-            batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
-        if len(batches) > 1 and len(batches[-1]) < batch_size:  # drop the ragged tail batch
-            batches.pop()
-        return [batches[i] for i in rng.permutation(len(batches))]
+        """One epoch as global batches of example indices, grouped by history length (little padding)."""
+        return _length_grouped(self.history_len, epoch, batch_size, seed)
 
     def batch(self, index: np.ndarray) -> Batch:
         s = self.seq_index[index]
         return collate(self.seqs, s, self.end[index], self.users[s], self.max_history)
+
+
+class TrainWindows:
+    """Whole training sequences as windows of at most max_history + 1 items, every position a target, for a
+    causal encoder that trains all of a window's targets in one pass.
+
+    A sequence longer than the window is covered by windows starting every max_history // 2 items (and
+    one ending at its last item); each target belongs to exactly one window, the one giving it the longest
+    history (at most max_history items, at least max_history // 2 + 1 once the sequence is long enough),
+    so every target is trained once per epoch, as with one example per target.
+    """
+
+    def __init__(self, train: list[np.ndarray], users: np.ndarray, max_history: int) -> None:
+        self.seqs = Sequences.from_list(train)
+        self.users, self.max_history = users, max_history
+        H, stride = max_history, max(1, max_history // 2)
+        rows = []  # (sequence, start, end, first owned target, end of owned targets): positions in the sequence
+        for u, m in enumerate(self.seqs.lengths().tolist()):
+            if m < 2:
+                continue
+            starts = sorted(set(range(0, max(m - H - 1, 0), stride)) | {max(m - H - 1, 0)})
+            own_lo = 1
+            for st in starts:  # target i goes to the first window that holds it: st + H >= i
+                own_hi = min(st + H + 1, m)
+                rows.append((u, st, own_hi, own_lo, own_hi))
+                own_lo = own_hi
+        self.rows = np.array(rows, dtype=np.int64).reshape(-1, 5)
+        self.length = self.rows[:, 2] - self.rows[:, 1]
+        self.targets = int((self.rows[:, 4] - self.rows[:, 3]).sum())
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def epoch_batches(self, epoch: int, batch_size: int, seed: int) -> list[np.ndarray]:
+        return _length_grouped(self.length, epoch, batch_size, seed)
+
+    def batch(self, index: np.ndarray) -> Batch:
+        u, st, en, lo, hi = self.rows[index].T
+        n = en - st  # [B] window lengths
+        L = int(n.max())
+        pad = L - n
+        slot = np.arange(L)[None, :]
+        valid = slot >= pad[:, None]
+        pos = st[:, None] + slot - pad[:, None]  # [B, L] position in the sequence
+        items = np.where(valid, self.seqs.items[self.seqs.offsets[u][:, None] + np.where(valid, pos, 0)], -1)
+        owned = valid[:, 1:] & (pos[:, 1:] >= lo[:, None]) & (pos[:, 1:] < hi[:, None])
+        targets = np.where(owned, items[:, 1:], -1)
+        return Batch(users=torch.from_numpy(self.users[u]), history=torch.from_numpy(items[:, :-1]),
+                     targets=torch.from_numpy(targets))
+
+
+def _length_grouped(lengths: np.ndarray, epoch: int, batch_size: int, seed: int) -> list[np.ndarray]:
+    """Shuffle, sort by length within windows of 64 batches, cut into batches, shuffle the batches."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    window = batch_size * 64
+    batches = []
+    for lo in range(0, len(order), window):
+        chunk = order[lo : lo + window]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    if len(batches) > 1 and len(batches[-1]) < batch_size:  # drop the ragged tail batch
+        batches.pop()
+    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 def eval_batches(histories: list[np.ndarray], targets: np.ndarray, users: np.ndarray, *, max_history: int,

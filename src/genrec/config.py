@@ -66,6 +66,7 @@ class ModelConfig:
     dropout: float = 0.1
     item_tokens: str = "codes"  # "codes": one encoder token per code (paper); "sum": one token per item
     num_user_buckets: int = 2000  # hashed user-id tokens prepended to the history (0 disables)
+    causal_encoder: bool = False  # causal history encoder: every position of a sequence trains in one pass
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ from genrec.config import ModelConfig
 class Batch:
     users: Tensor  # [B] user bucket ids (0 = unknown user)
     history: Tensor  # [B, T] item indices, left-padded with -1 (most recent item last)
-    targets: Tensor | None = None  # [B] item indices to predict (None at inference)
+    targets: Tensor | None = None  # [B] the item after the history; or [B, T] the item after each history
+    #                                 position (-1: none), which needs a causal encoder; None at inference
 
     def to(self, device: torch.device | str) -> Batch:
         targets = None if self.targets is None else self.targets.to(device)
@@ -43,11 +44,8 @@ class Memory:
 
     keys: list[Tensor]  # per decoder layer [B, H, S, E]
     values: list[Tensor]  # per decoder layer [B, H, S, E]
-    mask: Tensor  # [B, 1, 1, S] True where attending is allowed
-
-    def select(self, index: Tensor) -> Memory:
-        """Keep the users at `index` (e.g. one shard of a batch)."""
-        return Memory([k[index] for k in self.keys], [v[index] for v in self.values], self.mask[index])
+    mask: Tensor  # [B, 1, 1, S] True where attending is allowed (or [B, 1, W*t, S] per decoder query)
+    token_item: Tensor  # [S] history position of each token (-1: the user token)
 
 
 class Attention(nn.Module):
@@ -164,27 +162,37 @@ class Tiger(nn.Module):
 
     # ---- encoder -------------------------------------------------------------------------------------
     def encode(self, batch: Batch) -> Memory:
-        history = batch.history[:, -self.max_history :]  # [B, T]
+        """Histories -> cross-attention memory. Tokens carry the index of their item (`token_item`), so a
+        causal encoder lets a token see only tokens of the same or earlier items (and the user token)."""
+        history = batch.history if batch.targets is not None and batch.targets.ndim == 2 else \
+            batch.history[:, -self.max_history :]  # [B, T]
         valid = history >= 0
         codes = self.item_codes[history.clamp(min=0)] + self.offsets  # [B, T, C]
         emb = self.code_emb(codes)  # [B, T, C, D]
         B, T, C, D = emb.shape
-        if self.cfg.item_tokens == "sum":
-            x, mask = emb.sum(2), valid  # [B, T, D], [B, T]
-        else:
-            x, mask = emb.reshape(B, T * C, D), valid.repeat_interleave(C, dim=1)  # [B, T*C, D]
-        S = x.shape[1]
-        x = x + self.enc_pos(torch.arange(S - 1, -1, -1, device=x.device))
+        per_item = 1 if self.cfg.item_tokens == "sum" else C
+        x = emb.sum(2) if per_item == 1 else emb.reshape(B, T * C, D)  # [B, S, D]
+        mask = valid.repeat_interleave(per_item, dim=1)  # [B, S]
+        token_item = torch.arange(T, device=x.device).repeat_interleave(per_item)  # [S]
+        if self.cfg.causal_encoder:  # positions from the first item, so a prefix encodes as it would alone
+            pos = (mask.long().cumsum(1) - 1).clamp(min=0)  # [B, S]
+        else:  # positions from the most recent token
+            pos = torch.arange(x.shape[1] - 1, -1, -1, device=x.device).expand(B, -1)
+        x = x + self.enc_pos(pos.clamp(max=self.enc_pos.num_embeddings - 2))
         if self.user_emb is not None:
             x = torch.cat([self.user_emb(batch.users)[:, None] + self.enc_pos.weight[-1], x], dim=1)
             mask = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)
-        mask = mask[:, None, None, :]  # [B, 1, 1, S]
+            token_item = torch.cat([token_item.new_full((1,), -1), token_item])
+        key_mask = mask[:, None, None, :]  # [B, 1, 1, S]
+        enc_mask = key_mask
+        if self.cfg.causal_encoder:
+            enc_mask = key_mask & (token_item[None, :] <= token_item[:, None])[None, None]  # [B, 1, S, S]
         x = self.drop(x)
         for layer in self.encoder:
-            x = layer(x, mask)
+            x = layer(x, enc_mask)
         x = self.enc_norm(x)
         keys, values = zip(*(layer.cross_attn.project_kv(x) for layer in self.decoder))
-        return Memory(list(keys), list(values), mask)
+        return Memory(list(keys), list(values), key_mask, token_item)
 
     # ---- decoder -------------------------------------------------------------------------------------
     def embed_codes(self, codes: Tensor, start_level: int) -> Tensor:
@@ -214,16 +222,32 @@ class Tiger(nn.Module):
         return F.log_softmax((hidden @ w.T).float(), dim=-1)
 
     def forward(self, batch: Batch, label_smoothing: float = 0.0) -> Output:
-        assert batch.targets is not None
+        """Teacher-forced loss. targets [B]: one target after each history. targets [B, T] (causal encoder
+        only): the item after every history position, all trained in one pass; the decoder of the target
+        after position w attends only to tokens of items <= w, exactly what it would see given that prefix."""
+        targets = batch.targets
+        assert targets is not None
         memory = self.encode(batch)
-        codes = self.item_codes[batch.targets]  # [B, C]
-        B, C = codes.shape
-        x = torch.cat([self.bos(B, 1), self.embed_codes(codes[:, None, :-1], 0)], dim=2)  # [B, 1, C, D]
+        if targets.ndim == 2:
+            assert self.cfg.causal_encoder, "per-position targets need model.causal_encoder"
+            T = targets.shape[1]
+            C = self.num_levels
+            sees = memory.token_item[None, :] <= torch.arange(T, device=targets.device)[:, None]  # [T, S]
+            sees = sees.repeat_interleave(C, dim=0)  # [T*C, S] one row per decoder query
+            memory.mask = memory.mask & sees[None, None]  # [B, 1, T*C, S]
+            live = targets >= 0  # [B, T]
+        else:
+            targets, live = targets[:, None], torch.ones_like(targets[:, None], dtype=torch.bool)
+        codes = self.item_codes[targets.clamp(min=0)]  # [B, W, C]
+        B, W, C = codes.shape
+        x = torch.cat([self.bos(B, W), self.embed_codes(codes[:, :, :-1], 0)], dim=2)  # [B, W, C, D]
         hidden, _ = self.decode(x, memory)
+        hidden = hidden[live]  # [n, C, D] only real targets
+        codes = codes[live]  # [n, C]
         logits, losses = [], []
         for level in range(C):
             lo = int(self.offsets[level])
-            z = hidden[:, 0, level] @ self.head.weight[lo : lo + self.level_sizes[level]].T  # [B, K_l]
+            z = hidden[:, level] @ self.head.weight[lo : lo + self.level_sizes[level]].T  # [n, K_l]
             logits.append(z)
             losses.append(F.cross_entropy(z.float(), codes[:, level], label_smoothing=label_smoothing))
         return Output(loss=torch.stack(losses).mean(), logits=logits)

@@ -24,7 +24,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from genrec import checkpoint as ckpt
-from genrec.batches import TrainExamples
+from genrec.batches import TrainExamples, TrainWindows
 from genrec.config import Config, ModelConfig
 from genrec.distributed import DistInfo, all_reduce_sum, barrier
 from genrec.errors import GenrecError
@@ -98,7 +98,9 @@ def train(cfg: Config, run_dir: Path, out_dir: Path, dist: DistInfo) -> dict[str
     if t.batch_size % dist.world_size:
         raise GenrecError(f"train.batch_size={t.batch_size} must be divisible by the {dist.world_size} processes")
     ws = load_workspace(cfg, run_dir)
-    examples = TrainExamples(ws.split.train, ws.user_bucket, cfg.data.max_history)
+    # a causal encoder trains every target of a sequence in one pass; otherwise one example per target
+    maker = TrainWindows if cfg.model.causal_encoder else TrainExamples
+    examples = maker(ws.split.train, ws.user_bucket, cfg.data.max_history)
     if len(examples) == 0:
         raise GenrecError("the training split has no examples (every user needs at least 4 items for "
                           "leave-one-out); check the data or lower data.min_interactions")
@@ -121,8 +123,9 @@ def train(cfg: Config, run_dir: Path, out_dir: Path, dist: DistInfo) -> dict[str
     log = TrainLog(out_dir, dist.is_main)
     metric_key = f"valid/generative/{t.select_metric}"
     batches = examples.epoch_batches(state["epoch"], t.batch_size, t.seed)
-    logger.info("training on %d examples (%d batches of %d per epoch), %d parameters", len(examples),
-                len(batches), t.batch_size, sum(p.numel() for p in model.parameters()))
+    logger.info("training on %d %s (%d batches of %d per epoch), %d parameters", len(examples),
+                "sequence windows" if cfg.model.causal_encoder else "examples", len(batches), t.batch_size,
+                sum(p.numel() for p in model.parameters()))
     window_loss, window_examples, window_start = 0.0, 0, time.perf_counter()
     run_start = time.perf_counter() - state["seconds"]
     stop = False
@@ -143,14 +146,15 @@ def train(cfg: Config, run_dir: Path, out_dir: Path, dist: DistInfo) -> dict[str
         opt.zero_grad(set_to_none=True)
         state["step"] += 1
         step = state["step"]
-        window_loss += float(loss.detach()) * len(index)
-        window_examples += len(index)
+        targets = int((batch.targets >= 0).sum())
+        window_loss += float(loss.detach()) * targets
+        window_examples += targets
         state["seconds"] = time.perf_counter() - run_start
         out_of_time = t.max_minutes > 0 and state["seconds"] >= 60 * t.max_minutes
         if step % t.log_every == 0:
             elapsed = time.perf_counter() - window_start
             log.write(step, {"train/loss": window_loss / window_examples, "train/lr": sched.get_last_lr()[0],
-                             "train/examples_per_s": window_examples * dist.world_size / elapsed,
+                             "train/targets_per_s": window_examples * dist.world_size / elapsed,
                              "train/epoch": state["epoch"] + state["cursor"] / len(batches)})
             window_loss, window_examples, window_start = 0.0, 0, time.perf_counter()
         if step % t.eval_every and step < t.max_steps and not out_of_time:
