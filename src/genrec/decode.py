@@ -98,38 +98,33 @@ def beam_search(
 
 
 @torch.no_grad()
-def score_catalog(model: Tiger, batch: Batch, trie: Trie, *, node_chunk: int = 4096) -> Tensor:
+def score_catalog(model: Tiger, batch: Batch, trie: Trie, *, node_chunk: int = 2048) -> Tensor:
     """Exact log p(item | history) for every catalogue item: [B, N] in item-index order.
 
-    Walks the trie level by level; every trie node is decoded once per user (its KV cache is gathered from
-    its parent), so items sharing a prefix share that prefix's work. Nodes are processed in chunks of
-    `node_chunk` to bound memory.
+    Walks the trie depth first in chunks of at most `node_chunk` nodes: every trie node is decoded once per
+    user, its KV cache gathered from its parent's, so items sharing a prefix share that prefix's work; only
+    one chunk per depth is alive at a time, which bounds memory by depth x node_chunk decoder rows.
     """
     memory = model.encode(batch)
     B = batch.history.shape[0]
-    node_scores = torch.zeros(B, 1, device=batch.history.device)  # depth-0: the root
-    caches = [None]  # per depth-d node chunk: that chunk's cache (None before the first step)
-    inputs = [model.bos(B, 1)]
-    bounds = [(0, 1)]
-    for d in range(trie.depth):
-        n_next = trie.num_nodes(d + 1)
-        child_scores = torch.empty(B, n_next, device=node_scores.device)
-        next_inputs, next_caches, next_bounds = [], [], []
-        for (lo, hi), x, cache in zip(bounds, inputs, caches):
-            hidden, new_cache = model.decode(x, memory, cache)  # [B, n, 1, D]
-            logp = model.log_probs(hidden[:, :, -1], d)  # [B, n, K_d]
-            c_lo, c_hi = int(trie.child_start[d][lo]), int(trie.child_start[d][hi])
-            kids = torch.arange(c_lo, c_hi, device=logp.device)
-            local_parent = trie.parent[d][kids] - lo  # [n_kids] index into this chunk
-            code = trie.node_code[d][kids]
-            lp = logp[:, local_parent, code]  # [B, n_kids]
-            child_scores[:, c_lo:c_hi] = node_scores[:, lo + local_parent] + lp
-            if d + 1 < trie.depth:
-                for k_lo in range(c_lo, c_hi, node_chunk):
-                    k_hi = min(k_lo + node_chunk, c_hi)
-                    par = (trie.parent[d][k_lo:k_hi] - lo).expand(B, -1)
-                    next_caches.append(_reorder(new_cache, par))
-                    next_inputs.append(model.embed_codes(trie.node_code[d][k_lo:k_hi].expand(B, -1)[..., None], d))
-                    next_bounds.append((k_lo, k_hi))
-        node_scores, inputs, caches, bounds = child_scores, next_inputs, next_caches, next_bounds
-    return node_scores[:, trie.item_leaf]  # leaves -> item order
+    leaf_scores = torch.empty(B, trie.num_items, device=batch.history.device)
+
+    def visit(d: int, lo: int, x: Tensor, cache, node_scores: Tensor) -> None:
+        """Decode depth-d nodes lo.. (inputs x [B, n, 1, D], summed scores [B, n]) and recurse into children."""
+        hidden, new_cache = model.decode(x, memory, cache)
+        logp = model.log_probs(hidden[:, :, -1], d)  # [B, n, K_d]
+        c_lo, c_hi = int(trie.child_start[d][lo]), int(trie.child_start[d][lo + x.shape[1]])
+        kids = torch.arange(c_lo, c_hi, device=logp.device)
+        parent = trie.parent[d][kids] - lo  # [n_kids] index into this chunk
+        code = trie.node_code[d][kids]
+        scores = node_scores[:, parent] + logp[:, parent, code]  # [B, n_kids]
+        if d + 1 == trie.depth:
+            leaf_scores[:, c_lo:c_hi] = scores
+            return
+        for k in range(0, c_hi - c_lo, node_chunk):
+            sel = slice(k, k + node_chunk)
+            visit(d + 1, c_lo + k, model.embed_codes(code[sel].expand(B, -1)[..., None], d),
+                  _reorder(new_cache, parent[sel].expand(B, -1)), scores[:, sel])
+
+    visit(0, 0, model.bos(B, 1), None, torch.zeros(B, 1, device=leaf_scores.device))
+    return leaf_scores[:, trie.item_leaf]  # leaves -> item order

@@ -43,6 +43,8 @@ from genrec.trie import Trie
 
 logger = logging.getLogger(__name__)
 
+MAX_DECODER_ROWS = 16384  # users x beams decoded together (bounds the KV cache: ~1 GB at the paper's shape)
+
 
 @dataclass
 class EvalResult:
@@ -68,6 +70,10 @@ def evaluate_split(
     if exact:
         sums["exact"] = torch.zeros(2, len(ks), dtype=torch.double)
     count = torch.zeros(1, dtype=torch.double)
+    # decoder rows (users x beams) per batch are capped so that wide beams fit in memory
+    batch_size = max(1, min(batch_size, MAX_DECODER_ROWS // beam_size))
+    if exact:
+        batch_size = min(batch_size, 8)
     batches = eval_batches(eval_set.histories, eval_set.targets, user_bucket[eval_set.users],
                            max_history=model.max_history, batch_size=batch_size, rank=rank, world_size=world_size)
     if progress:
