@@ -20,7 +20,8 @@ TEMPLATE = "Title: {title}; Brand: {brand}; Categories: {categories}; Price: {pr
 
 def test_item_text_full_item_formats_every_field():
     fields = {"title": "Shampoo &amp;amp; Conditioner\n  Set", "brand": "Acme",
-              "categories": [["Beauty", "Hair Care", "Shampoo"], ["Beauty", "Skin Care"], ["Beauty", "Hair Care", "Shampoo"]],
+              "categories": [["Beauty", "Hair Care", "Shampoo"], ["Beauty", "Skin Care"],
+                             ["Beauty", "Hair Care", "Shampoo"]],  # a repeated path is listed once
               "price": 12.9}
     assert item_text(fields, TEMPLATE, 1000) == ("Title: Shampoo & Conditioner Set; Brand: Acme; "
                                                  "Categories: Beauty > Hair Care > Shampoo, Beauty > Skin Care; "
@@ -71,7 +72,9 @@ def encoder():
     return load_encoder(DEFAULT_MODEL, "cpu")
 
 
-def test_embed_writes_consistent_deterministic_files(tmp_path):
+def test_embed_writes_consistent_deterministic_files(tmp_path, encoder):
+    with pytest.raises(GenrecError, match="5 item records but 4 item ids"):
+        embed(EmbedConfig(), ITEMS, IDS[:4], tmp_path / "a")
     cfg = EmbedConfig(batch_size=2)
     stats = embed(cfg, ITEMS, IDS, tmp_path / "a")
     raw = np.load(tmp_path / "a" / "item_embeddings_raw.npy")
@@ -84,19 +87,13 @@ def test_embed_writes_consistent_deterministic_files(tmp_path):
     assert stats["count"] == 5 and stats["dim"] == 384 and stats["empty_texts"] == 1
     assert stats["example_texts"][1] == "Title: Hair Dryer & Diffuser; Categories: Beauty > Tools; Price: $29.99"
     assert math.isclose(stats["mean_norm"], float(np.linalg.norm(raw, axis=1).mean()), rel_tol=1e-6)
+    # rows are the encoder's vectors of the item texts, in item order
+    np.testing.assert_allclose(raw[:3], encoder.encode(stats["example_texts"]), atol=1e-5)
+    np.testing.assert_allclose(raw[3], encoder.encode(["A4"])[0], atol=1e-5)  # no text: its id
     np.testing.assert_array_equal(raw[0], raw[2])  # same text, same vector
     assert not np.allclose(raw[0], raw[1])
     embed(cfg, ITEMS, IDS, tmp_path / "b")
     np.testing.assert_array_equal(np.load(tmp_path / "b" / "item_embeddings_raw.npy"), raw)
-
-
-def test_embed_matches_encoder_and_rejects_mismatched_ids(tmp_path, encoder):
-    with pytest.raises(GenrecError, match="5 item records but 4 item ids"):
-        embed(EmbedConfig(), ITEMS, IDS[:4], tmp_path)
-    embed(EmbedConfig(template="{title}"), ITEMS[:2], IDS[:2], tmp_path)
-    raw = np.load(tmp_path / "item_embeddings_raw.npy")
-    expected = encoder.encode(["Red Lipstick", "Hair Dryer & Diffuser"], convert_to_numpy=True)
-    np.testing.assert_allclose(raw, expected, atol=1e-5)
 
 
 def test_load_encoder_by_local_path(tmp_path, encoder):

@@ -84,9 +84,20 @@ def test_dead_centroids_are_reseeded():
     found, assign = kmeans(x, 8, iters=30, generator=torch.Generator().manual_seed(0), init=init)
     assert torch.bincount(assign, minlength=8).min() > 0
     assert torch.allclose(torch.sort(found, dim=0).values, torch.sort(points, dim=0).values, atol=1e-5)
+    # after a single iteration the 7 re-seeded centroids are already 7 distinct points, not 7 copies of one
+    found, _ = kmeans(x, 8, iters=1, generator=torch.Generator().manual_seed(0), init=init)
+    assert len(torch.unique(found, dim=0)) == 8
     # the k-means++ path with the same duplicated data also uses every centroid
     found, assign = kmeans(x, 8, iters=30, generator=torch.Generator().manual_seed(1))
     assert torch.bincount(assign, minlength=8).min() > 0
+
+
+def test_fewer_distinct_rows_than_k_warns_and_keeps_going(caplog):
+    x = torch.tensor([[0.0, 1.0], [0.0, 1.0], [2.0, 0.0], [2.0, 0.0], [2.0, 0.0]])  # 2 distinct rows
+    found, assign = kmeans(x, 3, iters=5, generator=torch.Generator().manual_seed(0))
+    assert found.shape == (3, 2) and torch.isfinite(found).all()
+    assert len(torch.unique(assign)) == 2
+    assert "only 2 of 3 centroids have points" in caplog.text
 
 
 def test_too_few_items_is_a_user_error():
@@ -117,14 +128,15 @@ class ThreadAllReduce:
         return all_reduce
 
 
-def run_sharded(x: torch.Tensor, shards: list[slice], **kwargs) -> list[rq.RQResult]:
+def run_sharded(fit, shards: list[torch.Tensor], **kwargs) -> list:
+    """Run `fit(shard, all_reduce=..., rank=..., **kwargs)` for every shard, one thread per "process"."""
     reducer = ThreadAllReduce(len(shards))
     results: list = [None] * len(shards)
     errors: list = []
 
     def work(rank: int) -> None:
         try:
-            results[rank] = fit_rq_kmeans(x[shards[rank]], all_reduce=reducer.for_rank(rank), rank=rank, **kwargs)
+            results[rank] = fit(shards[rank], all_reduce=reducer.for_rank(rank), rank=rank, **kwargs)
         except BaseException as err:  # surfaced below; a dead thread would otherwise hang its peer
             errors.append(err)
             reducer.barrier.abort()
@@ -146,12 +158,24 @@ def test_two_shards_with_all_reduce_match_one_process():
     same = fit_rq_kmeans(x, all_reduce=lambda t: t, **kwargs)  # identity reduction == no reduction
     assert torch.equal(full.codes, same.codes)
     # uneven shards: each "process" sees only its rows, yet both get the one-process centroids
-    a, b = run_sharded(x, [slice(0, 250), slice(250, None)], **kwargs)
+    a, b = run_sharded(fit_rq_kmeans, [x[:250], x[250:]], **kwargs)
     for level in range(3):
         assert torch.equal(a.centroids[level], b.centroids[level])
         assert torch.allclose(a.centroids[level], full.centroids[level], atol=1e-5)
     assert torch.equal(torch.cat([a.codes, b.codes]), full.codes)
-    assert a.residual_norms == pytest.approx(full.residual_norms, rel=1e-9)
+    assert a.residual_norms == pytest.approx(full.residual_norms, rel=1e-6)
+
+
+def test_sharded_reseeding_picks_distinct_points_across_processes():
+    # both "processes" hold the same rows, so their farthest candidates coincide and must be de-duplicated
+    g = torch.Generator().manual_seed(8)
+    points = torch.randn(6, 3, generator=g) * 5  # [6, 3]
+    x = points[torch.tensor([0] * 10 + [1, 2, 3, 4, 5])]  # [15, 3]
+    init = points[:1].repeat(6, 1)  # every centroid on point 0: 5 dead
+    results = run_sharded(kmeans, [x, x.clone()], k=6, iters=1, generator=torch.Generator(), init=init)
+    for found, assign in results:
+        assert len(torch.unique(found, dim=0)) == 6
+    assert torch.equal(results[0][0], results[1][0])
 
 
 def test_shards_without_all_reduce_would_differ():

@@ -1,0 +1,117 @@
+"""Stage `quantize`: item embeddings -> semantic IDs with residual k-means (RQ-KMeans).
+
+Reads `item_embeddings_l2norm.npy` (or `item_embeddings_raw.npy` when `quantize.normalize` is false) from
+the embed stage and writes, in the stage directory:
+- `codes.npy`: int64 [N, L], one code in [0, K) per level;
+- `codes_with_suffix.npy`: int64 [N, L + 1], plus the collision level (0, 1, 2, ... among items sharing
+  all L codes), so every item has a unique semantic ID; the last level has `suffix_size` codes;
+- `centroids_<level>.npy`: float32 [K, D] per level;
+- `summary.json`: the config, per-level usage and perplexity, residual error per level, the unique fraction
+  before the extra level, collision groups, the largest group and the seconds taken.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from genrec.config import QuantizeConfig, to_dict
+from genrec.errors import GenrecError
+from genrec.rqkmeans import add_collision_level, codebook_health, fit_rq_kmeans
+
+logger = logging.getLogger(__name__)
+
+RERUN = "rerun 'genrec embed' (or pass --force)"
+
+
+def load_embeddings(embed_dir: Path, normalize: bool) -> np.ndarray:
+    """The embed stage's float32 [N, D] matrix; GenrecError when it is missing, unreadable or malformed."""
+    path = Path(embed_dir) / ("item_embeddings_l2norm.npy" if normalize else "item_embeddings_raw.npy")
+    if not path.is_file():
+        raise GenrecError(f"{path} does not exist; {RERUN}")
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise GenrecError(f"{path} is not a readable .npy file ({str(err).splitlines()[0]}); {RERUN}")
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0 or not np.issubdtype(x.dtype, np.floating):
+        raise GenrecError(f"{path} holds a {x.dtype} array of shape {x.shape}, not a float [N, D] matrix; {RERUN}")
+    if not np.isfinite(x).all():
+        raise GenrecError(f"{path} contains NaN or infinite values; {RERUN}")
+    ids_path = Path(embed_dir) / "item_ids.json"
+    if ids_path.is_file():
+        try:
+            num_ids = len(json.loads(ids_path.read_text()))
+        except (ValueError, TypeError) as err:
+            raise GenrecError(f"{ids_path} is not a JSON list ({err}); {RERUN}")
+        if num_ids != x.shape[0]:
+            raise GenrecError(f"{path} has {x.shape[0]} rows but {ids_path} lists {num_ids} items; {RERUN}")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    os.replace(tmp, path)
+
+
+def _save_json(path: Path, value: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _log_health(summary: dict) -> None:
+    K = summary["config"]["codebook_size"]
+    lines = ["level  used/K      usage  perplexity  residual"]
+    for row in summary["levels"]:
+        lines.append(f"{row['level']:>5}  {row['used_codes']:>5}/{K:<5} {row['usage']:>6.3f}  "
+                     f"{row['perplexity']:>10.1f}  {row['residual_mse']:.5f}")
+    lines.append(f"unique IDs before the extra level: {summary['unique_fraction']:.2%} of {summary['num_items']} "
+                 f"items; {summary['collision_groups']} collision groups, largest {summary['largest_group']} "
+                 f"(extra level size {summary['suffix_size']})")
+    logger.info("codebook health\n%s", "\n".join(lines))
+
+
+def quantize(cfg: QuantizeConfig, embed_dir: Path, out_dir: Path) -> dict:
+    """Fit RQ-KMeans on the embed stage's vectors and write codes, centroids and a summary; returns the summary."""
+    x = load_embeddings(Path(embed_dir), cfg.normalize)  # [N, D]
+    start = time.perf_counter()
+    result = fit_rq_kmeans(torch.from_numpy(x), num_levels=cfg.num_levels, codebook_size=cfg.codebook_size,
+                           iters=cfg.iters, seed=cfg.seed)
+    codes = result.codes.numpy()  # [N, L]
+    with_suffix = add_collision_level(codes)  # [N, L + 1]
+    health = codebook_health(codes, cfg.codebook_size)
+    seconds = time.perf_counter() - start
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for level, centroids in enumerate(result.centroids):
+        _save_npy(out_dir / f"centroids_{level}.npy", centroids.cpu().numpy().astype(np.float32))
+    _save_npy(out_dir / "codes.npy", codes.astype(np.int64))
+    _save_npy(out_dir / "codes_with_suffix.npy", with_suffix.astype(np.int64))
+    levels = [dict(row, residual_mse=result.residual_norms[row["level"] + 1]) for row in health["levels"]]
+    summary = {
+        "config": to_dict(cfg),
+        "embeddings": "item_embeddings_l2norm.npy" if cfg.normalize else "item_embeddings_raw.npy",
+        "num_items": int(x.shape[0]),
+        "dim": int(x.shape[1]),
+        "levels": levels,
+        "residual_mse": result.residual_norms,  # before level 0, then after each level
+        "num_ids": health["num_ids"],
+        "unique_fraction": health["unique_fraction"],  # share of items whose L codes no other item has
+        "collision_groups": health["collision_groups"],
+        "largest_group": health["largest_group"],
+        "suffix_size": int(with_suffix[:, -1].max()) + 1,  # codes used by the collision level
+        "seconds": round(seconds, 3),
+    }
+    _save_json(out_dir / "summary.json", summary)
+    _log_health(summary)
+    return summary
