@@ -26,4 +26,4 @@ def tiny_data(tmp_path_factory) -> Path:
 def tiny_overrides(tmp_path, tiny_data) -> list[str]:
     """Overrides of configs/tiny.yaml: data from tiny_data, run directory in tmp_path, a few steps only."""
     return [f"run_dir={tmp_path / 'run'}", f"data.path={tiny_data}", "train.max_steps=80", "train.eval_every=40",
-            "train.warmup_steps=5", "train.batch_size=32"]
+            "train.warmup_steps=5", "train.batch_size=16"]

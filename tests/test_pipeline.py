@@ -25,7 +25,7 @@ def finished_run(tmp_path_factory, tiny_data):
     """One complete tiny run, shared by the tests of this module (copy it before changing it)."""
     run_dir = tmp_path_factory.mktemp("tiny-run") / "run"
     overrides = [f"run_dir={run_dir}", f"data.path={tiny_data}", "train.max_steps=80", "train.eval_every=40",
-                 "train.warmup_steps=5", "train.batch_size=32"]
+                 "train.warmup_steps=5", "train.batch_size=16"]
     assert main(["run", "-c", str(TINY), *overrides]) == 0
     return run_dir, overrides
 

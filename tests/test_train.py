@@ -79,7 +79,7 @@ def _eval_worker(rank: int, world: int, port: int, run_dir: str, model_dir: str,
     cfg = load_config(TINY, [f"run_dir={run_dir}"])
     ws = load_workspace(cfg, __import__("pathlib").Path(run_dir))
     model = load_model(model_dir)
-    r = evaluate_split(model, ws.trie, ws.split.test, ws.user_bucket, split="test", beam_size=10, ks=(1, 5, 10),
+    r = evaluate_split(model, ws.split.test, ws.user_bucket, split="test", beam_size=10, ks=(1, 5, 10),
                        batch_size=7, rank=dist.rank, world_size=dist.world_size, all_reduce=all_reduce_sum)
     if rank == 0:
         with open(out, "w") as f:
@@ -97,7 +97,7 @@ def test_two_process_evaluation_equals_one_process(quantized, tmp_path):
 
     model = build_model(cfg.model, ws, cfg.data.max_history).eval()
     save_model(model, tmp_path / "model")
-    single = evaluate_split(model, ws.trie, ws.split.test, ws.user_bucket, split="test", beam_size=10,
+    single = evaluate_split(model, ws.split.test, ws.user_bucket, split="test", beam_size=10,
                             ks=(1, 5, 10), batch_size=7)
     out = tmp_path / "two.json"
     torch.multiprocessing.spawn(_eval_worker, args=(2, _free_port(), str(run_dir), str(tmp_path / "model"), str(out)),

@@ -74,6 +74,9 @@ class TrainExamples:
         """One epoch as global batches of example indices, grouped by history length (little padding)."""
         return _length_grouped(self.history_len, epoch, batch_size, seed)
 
+    def num_targets(self, index: np.ndarray) -> int:
+        return len(index)
+
     def batch(self, index: np.ndarray) -> Batch:
         s = self.seq_index[index]
         return collate(self.seqs, s, self.end[index], self.users[s], self.max_history)
@@ -112,6 +115,9 @@ class TrainWindows:
 
     def epoch_batches(self, epoch: int, batch_size: int, seed: int) -> list[np.ndarray]:
         return _length_grouped(self.length, epoch, batch_size, seed)
+
+    def num_targets(self, index: np.ndarray) -> int:
+        return int((self.rows[index, 4] - self.rows[index, 3]).sum())
 
     def batch(self, index: np.ndarray) -> Batch:
         u, st, en, lo, hi = self.rows[index].T

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from genrec.config import ModelConfig, from_dict, to_dict
 from genrec.errors import GenrecError
-from genrec.tiger import Tiger
 
 
 def catalog_fingerprint(item_codes: np.ndarray | torch.Tensor) -> str:
@@ -43,7 +43,7 @@ def replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old)
 
 
-def save_model(model: Tiger, directory: Path, extra_state: dict[str, Any] | None = None) -> None:
+def save_model(model: nn.Module, directory: Path, extra_state: dict[str, Any] | None = None) -> None:
     """Write config.json + model.safetensors (+ trainer_state.pt when extra_state is given) atomically."""
     directory = Path(directory)
     tmp = directory.with_name(directory.name + ".tmp")
@@ -60,8 +60,8 @@ def save_model(model: Tiger, directory: Path, extra_state: dict[str, Any] | None
     replace_dir(tmp, directory)
 
 
-def load_model(directory: Path, map_location: str = "cpu") -> Tiger:
-    """Rebuild a Tiger from a model directory written by save_model."""
+def load_model(directory: Path, map_location: str = "cpu") -> nn.Module:
+    """Rebuild a model (any kind) from a model directory written by save_model."""
     directory = Path(directory)
     try:
         config = json.loads((directory / "config.json").read_text())
@@ -71,8 +71,10 @@ def load_model(directory: Path, map_location: str = "cpu") -> Tiger:
                           f"train one with 'genrec train' or point to runs/<name>/train/best")
     except (json.JSONDecodeError, OSError, ValueError) as err:
         raise GenrecError(f"{directory} holds a corrupt model ({err}); retrain with 'genrec train --force'")
-    model = Tiger(cfg=from_dict(ModelConfig, config["model"]), item_codes=state["item_codes"],
-                  level_sizes=config["level_sizes"], max_history=config["max_history"])
+    from genrec.models import build_model
+
+    model = build_model(from_dict(ModelConfig, config["model"]), item_codes=state["item_codes"],
+                        level_sizes=config["level_sizes"], max_history=config["max_history"])
     model.load_state_dict(state)
     return model.eval()
 

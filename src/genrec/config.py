@@ -57,34 +57,35 @@ class QuantizeConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    kind: str = "tiger"  # "tiger" (generative, semantic IDs) or "sasrec" (ID-based baseline, full softmax)
     d_model: int = 128  # width of encoder and decoder
     num_heads: int = 6  # attention heads
     head_dim: int = 64  # per-head width (num_heads * head_dim may differ from d_model, as in T5)
     d_ff: int = 1024  # feed-forward width
     encoder_layers: int = 4
-    decoder_layers: int = 4
+    decoder_layers: int = 1  # decoding cost grows with it (every beam, every level); the paper uses 4
     dropout: float = 0.1
-    item_tokens: str = "codes"  # "codes": one encoder token per code (paper); "sum": one token per item
+    item_tokens: str = "sum"  # "sum": one encoder token per item (sum of its code embeddings); "codes": one per code (paper)
     num_user_buckets: int = 2000  # hashed user-id tokens prepended to the history (0 disables)
-    causal_encoder: bool = False  # causal history encoder: every position of a sequence trains in one pass
+    causal_encoder: bool = True  # causal history encoder: every position of a sequence trains in one pass (paper: False)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    batch_size: int = 256  # training examples per optimizer step (summed over processes)
-    lr: float = 1e-3  # peak learning rate (AdamW)
+    batch_size: int = 128  # per optimizer step, summed over processes: sequence windows (causal encoder) or examples
+    lr: float = 2e-3  # peak learning rate (AdamW)
     weight_decay: float = 0.01
-    warmup_steps: int = 500  # linear warm-up, then cosine decay to 0 at max_steps
-    max_steps: int = 20000  # upper bound on optimizer steps
+    warmup_steps: int = 200  # linear warm-up, then cosine decay to 0 at max_steps
+    max_steps: int = 3800  # upper bound on optimizer steps
     max_minutes: float = 0.0  # stop after this much training time (0: no limit); the schedule still spans max_steps
-    eval_every: int = 2000  # steps between validation runs (model selection and early stopping)
+    eval_every: int = 400  # steps between validation runs (model selection and early stopping)
     patience: int = 3  # stop after this many validation runs without improvement (0: never)
     valid_beam_size: int = 20  # beam width of the validation runs during training (all validation users)
     select_metric: str = "ndcg@10"  # validation metric for model selection (k <= valid_beam_size)
     label_smoothing: float = 0.0
     dtype: str = "float32"  # "float32" or "bfloat16" (autocast)
     seed: int = 0
-    log_every: int = 100  # steps between training-log lines
+    log_every: int = 50  # steps between training-log lines
     keep_checkpoints: int = 2  # most recent checkpoints kept besides the best one
     num_threads: int = 0  # torch intra-op threads (0: torch's default)
 
@@ -169,6 +170,7 @@ def validate(cfg: Config) -> None:
     choices = {
         "data.format": (d.format, ("p5", "amazon2014", "table")),
         "data.split": (d.split, ("leave_one_out", "temporal")),
+        "model.kind": (m.kind, ("tiger", "sasrec")),
         "model.item_tokens": (m.item_tokens, ("codes", "sum")),
         "train.dtype": (t.dtype, ("float32", "bfloat16")),
     }
@@ -194,7 +196,7 @@ def validate(cfg: Config) -> None:
     if not set(e.splits) <= {"valid", "test"} or not e.splits:
         raise ConfigError(f"evaluate.splits must be a subset of [valid, test], got {list(e.splits)}")
     metric, _, k = t.select_metric.partition("@")
-    if metric not in ("recall", "ndcg") or not k.isdigit() or int(k) > t.valid_beam_size:
+    if metric not in ("recall", "ndcg") or not k.isdigit() or (m.kind == "tiger" and int(k) > t.valid_beam_size):
         raise ConfigError(f"train.select_metric={t.select_metric!r} must be recall@k or ndcg@k with "
                           f"k <= train.valid_beam_size ({t.valid_beam_size})")
 

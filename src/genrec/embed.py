@@ -17,7 +17,6 @@ Outputs in the stage directory:
 from __future__ import annotations
 
 import html
-import json
 import logging
 import math
 import os
@@ -33,6 +32,7 @@ import torch
 
 from genrec.config import EmbedConfig
 from genrec.errors import GenrecError
+from genrec.files import save_json, save_npy
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -220,19 +220,6 @@ def _encode(model: SentenceTransformer, texts: list[str], batch_size: int) -> np
     return np.ascontiguousarray(np.asarray(vectors, dtype=np.float32)[index])  # [N, D]
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
-
-
-def _save_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def embed(cfg: EmbedConfig, items: list[dict], item_ids: list[str], out_dir: Path) -> dict:
     """Embed every item's text and write the stage's artifacts to `out_dir`; returns the stats written."""
     if len(items) != len(item_ids):
@@ -253,9 +240,9 @@ def embed(cfg: EmbedConfig, items: list[dict], item_ids: list[str], out_dir: Pat
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _save_npy(out_dir / "item_embeddings_raw.npy", raw)
-    _save_npy(out_dir / "item_embeddings_l2norm.npy", l2norm)
-    _save_json(out_dir / "item_ids.json", [str(i) for i in item_ids])
+    save_npy(out_dir / "item_embeddings_raw.npy", raw)
+    save_npy(out_dir / "item_embeddings_l2norm.npy", l2norm)
+    save_json(out_dir / "item_ids.json", [str(i) for i in item_ids])
     stats = {
         "model": cfg.model,
         "dim": int(raw.shape[1]),
@@ -266,7 +253,7 @@ def embed(cfg: EmbedConfig, items: list[dict], item_ids: list[str], out_dir: Pat
         "empty_texts": num_empty,
         "example_texts": texts[:3],
     }
-    _save_json(out_dir / "embedding_stats.json", stats)
+    save_json(out_dir / "embedding_stats.json", stats)
     logger.info("embedded %d items with %s: dim %d, %d unique texts, %d without text, %.1f s",
                 stats["count"], cfg.model, stats["dim"], stats["unique_texts"], num_empty, stats["seconds"])
     return stats

@@ -30,16 +30,14 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from genrec.batches import eval_batches
 from genrec.config import Config
-from genrec.decode import beam_search, score_catalog
+from genrec.decode import score_catalog
 from genrec.distributed import DistInfo, all_reduce_sum
 from genrec.metrics import metric_sums, ranks_in_list, ranks_in_scores
 from genrec.splits import EvalSet
-from genrec.tiger import Tiger
-from genrec.trie import Trie
 
 logger = logging.getLogger(__name__)
 
@@ -56,22 +54,27 @@ class EvalResult:
 
 @torch.no_grad()
 def evaluate_split(
-    model: Tiger, trie: Trie, eval_set: EvalSet, user_bucket: np.ndarray, *, split: str, beam_size: int,
+    model: nn.Module, eval_set: EvalSet, user_bucket: np.ndarray, *, split: str, beam_size: int,
     ks: tuple[int, ...], exact: bool = False, batch_size: int = 256, exclude_history: bool = False,
     rank: int = 0, world_size: int = 1, all_reduce: Callable[[Tensor], Tensor] = lambda t: t,
     progress: bool = False,
 ) -> EvalResult:
-    """Recall/NDCG@k of `model` on one split; every process calls this with its rank."""
+    """Recall/NDCG@k of `model` on one split; every process calls this with its rank.
+
+    The model returns `beam_size` items per user, or max(ks) when it ranks the whole catalogue anyway
+    (`complete_ranking`); `exact` adds the complete ranking of a generative model (`score_catalog`)."""
     start = time.perf_counter()
     model.eval()
     ks = tuple(sorted(ks))
-    gen_ks = tuple(k for k in ks if k <= beam_size)
-    sums = {"generative": torch.zeros(2, len(gen_ks), dtype=torch.double)}
+    returned = max(ks) if model.complete_ranking else beam_size
+    method_ks = {model.method: tuple(k for k in ks if k <= returned)}
+    exact = exact and not model.complete_ranking
     if exact:
-        sums["exact"] = torch.zeros(2, len(ks), dtype=torch.double)
+        method_ks["exact"] = ks
+    sums = {method: torch.zeros(2, len(m_ks), dtype=torch.double) for method, m_ks in method_ks.items()}
     count = torch.zeros(1, dtype=torch.double)
     # decoder rows (users x beams) per batch are capped so that wide beams fit in memory
-    batch_size = max(1, min(batch_size, MAX_DECODER_ROWS // beam_size))
+    batch_size = max(1, min(batch_size, MAX_DECODER_ROWS // returned))
     if exact:
         batch_size = min(batch_size, 8)
     batches = eval_batches(eval_set.histories, eval_set.targets, user_bucket[eval_set.users],
@@ -82,11 +85,11 @@ def evaluate_split(
         total = (len(eval_set.targets[rank::world_size]) + batch_size - 1) // batch_size
         batches = tqdm(batches, total=total, desc=f"evaluate {split}", leave=False)
     for _, batch in batches:
-        if gen_ks:
-            result = beam_search(model, batch, trie, beam_size=beam_size, exclude_history=exclude_history)
-            sums["generative"] += metric_sums(ranks_in_list(result.items, batch.targets), gen_ks)
+        if method_ks[model.method]:
+            items, _ = model.recommend(batch, returned, exclude_history=exclude_history)
+            sums[model.method] += metric_sums(ranks_in_list(items, batch.targets), method_ks[model.method])
         if exact:
-            scores = score_catalog(model, batch, trie)  # [B, N]
+            scores = score_catalog(model, batch, model.trie)  # [B, N]
             if exclude_history:
                 hist = batch.history.clamp(min=0)
                 scores.scatter_(1, hist, torch.where(batch.history >= 0, float("-inf"), scores.gather(1, hist)))
@@ -96,16 +99,15 @@ def evaluate_split(
     n = float(all_reduce(count)[0])
     for method, s in sums.items():
         s = all_reduce(s) / max(n, 1.0)
-        method_ks = gen_ks if method == "generative" else ks
-        for j, k in enumerate(method_ks):
+        for j, k in enumerate(method_ks[method]):
             out.metrics[f"{split}/{method}/recall@{k}"] = float(s[0, j])
             out.metrics[f"{split}/{method}/ndcg@{k}"] = float(s[1, j])
     for k in ks:
-        if k > beam_size:
+        if k > returned:
             reason = (f"beam search returns {beam_size} items (evaluate.beam_size); raise it to >= {k} "
                       f"or set evaluate.exact=true for a complete ranking")
-            out.omitted[f"{split}/generative/recall@{k}"] = reason
-            out.omitted[f"{split}/generative/ndcg@{k}"] = reason
+            out.omitted[f"{split}/{model.method}/recall@{k}"] = reason
+            out.omitted[f"{split}/{model.method}/ndcg@{k}"] = reason
     out.users, out.seconds = int(n), time.perf_counter() - start
     return out
 
@@ -138,7 +140,7 @@ def evaluate_run(cfg: Config, run_dir: Path, out_dir: Path, dist: DistInfo, mode
                                "model": str(model_dir), "num_items": len(ws.item_ids)}
     for split in e.splits:
         eval_set = ws.split.valid if split == "valid" else ws.split.test
-        r = evaluate_split(model, ws.trie.to(dist.device), eval_set, ws.user_bucket, split=split,
+        r = evaluate_split(model, eval_set, ws.user_bucket, split=split,
                            beam_size=e.beam_size, ks=e.ks, exact=e.exact, batch_size=e.batch_size,
                            exclude_history=e.exclude_history, rank=dist.rank, world_size=dist.world_size,
                            all_reduce=all_reduce_sum, progress=dist.is_main and sys.stderr.isatty())

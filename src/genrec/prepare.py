@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ import numpy as np
 from genrec.config import DataConfig
 from genrec.datasets import Dataset, load_dataset
 from genrec.errors import GenrecError
+from genrec.files import write_bytes
 from genrec.splits import Split, make_split
 
 logger = logging.getLogger(__name__)
@@ -35,12 +35,6 @@ SEQUENCES_FILE = "sequences.npz"
 USERS_FILE = "users.json"
 STATS_FILE = "stats.json"
 FILES = (ITEMS_FILE, SEQUENCES_FILE, USERS_FILE, STATS_FILE)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _percentiles(values: np.ndarray) -> dict[str, float]:
@@ -91,7 +85,7 @@ def prepare(cfg: DataConfig, out_dir: Path) -> dict[str, Any]:
         if "item_id" in fields:
             raise GenrecError(f"item {item_id} has a text field named item_id, a name genrec reserves; rename it")
         lines.append(json.dumps({"item_id": item_id, **fields}, ensure_ascii=False) + "\n")
-    _write_atomic(out_dir / ITEMS_FILE, "".join(lines).encode("utf-8"))
+    write_bytes(out_dir / ITEMS_FILE, "".join(lines).encode("utf-8"))
 
     lengths = np.array([len(s) for s in dataset.sequences], dtype=np.int64)
     arrays = {"offsets": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
@@ -100,9 +94,9 @@ def prepare(cfg: DataConfig, out_dir: Path) -> dict[str, Any]:
         arrays["timestamps"] = np.concatenate(dataset.timestamps + [np.zeros(0, np.int64)]).astype(np.int64)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    _write_atomic(out_dir / SEQUENCES_FILE, buffer.getvalue())
-    _write_atomic(out_dir / USERS_FILE, json.dumps(dataset.user_ids, ensure_ascii=False).encode("utf-8"))
-    _write_atomic(out_dir / STATS_FILE, (json.dumps(stats, indent=2) + "\n").encode("utf-8"))
+    write_bytes(out_dir / SEQUENCES_FILE, buffer.getvalue())
+    write_bytes(out_dir / USERS_FILE, json.dumps(dataset.user_ids, ensure_ascii=False).encode("utf-8"))
+    write_bytes(out_dir / STATS_FILE, (json.dumps(stats, indent=2) + "\n").encode("utf-8"))
     logger.info("%s", _format_stats(stats))
     return stats
 

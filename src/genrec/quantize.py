@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from genrec.config import QuantizeConfig, to_dict
 from genrec.errors import GenrecError
+from genrec.files import save_json, save_npy
 from genrec.rqkmeans import add_collision_level, codebook_health, fit_rq_kmeans
 
 logger = logging.getLogger(__name__)
@@ -55,19 +54,6 @@ def load_embeddings(embed_dir: Path, normalize: bool) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
-
-
-def _save_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def _log_health(summary: dict) -> None:
     K = summary["config"]["codebook_size"]
     lines = ["level  used/K      usage  perplexity  residual"]
@@ -94,9 +80,9 @@ def quantize(cfg: QuantizeConfig, embed_dir: Path, out_dir: Path) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for level, centroids in enumerate(result.centroids):
-        _save_npy(out_dir / f"centroids_{level}.npy", centroids.cpu().numpy().astype(np.float32))
-    _save_npy(out_dir / "codes.npy", codes.astype(np.int64))
-    _save_npy(out_dir / "codes_with_suffix.npy", with_suffix.astype(np.int64))
+        save_npy(out_dir / f"centroids_{level}.npy", centroids.cpu().numpy().astype(np.float32))
+    save_npy(out_dir / "codes.npy", codes.astype(np.int64))
+    save_npy(out_dir / "codes_with_suffix.npy", with_suffix.astype(np.int64))
     levels = [dict(row, residual_mse=result.residual_norms[row["level"] + 1]) for row in health["levels"]]
     summary = {
         "config": to_dict(cfg),
@@ -112,6 +98,6 @@ def quantize(cfg: QuantizeConfig, embed_dir: Path, out_dir: Path) -> dict:
         "suffix_size": int(with_suffix[:, -1].max()) + 1,  # codes used by the collision level
         "seconds": round(seconds, 3),
     }
-    _save_json(out_dir / "summary.json", summary)
+    save_json(out_dir / "summary.json", summary)
     _log_health(summary)
     return summary

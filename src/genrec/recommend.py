@@ -11,18 +11,16 @@ import torch
 
 from genrec.batches import user_buckets
 from genrec.checkpoint import check_catalog, load_model
-from genrec.decode import beam_search
 from genrec.errors import GenrecError
 from genrec.prepare import load_prepared
 from genrec.tiger import Batch
-from genrec.trie import build_trie
 
 
 @dataclass(frozen=True)
 class Recommendation:
     rank: int
     item_id: str
-    score: float  # log-probability of the item's semantic ID
+    score: float  # log-probability of the item under the model
     title: str
 
 
@@ -61,10 +59,9 @@ def recommend(run_dir: Path, *, k: int, history: list[str] | None = None, user: 
         raise GenrecError("the history is empty; give at least one item ID")
     items = items[-model.max_history :]
     batch = Batch(users=torch.tensor([bucket]), history=torch.tensor([items]))
-    result = beam_search(model, batch, build_trie(model.item_codes.numpy()), beam_size=k,
-                         exclude_history=exclude_history)
+    items, scores = model.recommend(batch, k, exclude_history=exclude_history)
     out = []
-    for rank, (item, score) in enumerate(zip(result.items[0].tolist(), result.scores[0].tolist()), start=1):
+    for rank, (item, score) in enumerate(zip(items[0].tolist(), scores[0].tolist()), start=1):
         if item < 0:
             break
         title = html.unescape(str(dataset.items[item].get("title") or ""))

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genrec.config import ModelConfig
+from genrec.trie import Trie, build_trie
 
 
 @dataclass
@@ -128,6 +129,9 @@ class DecoderLayer(nn.Module):
 class Tiger(nn.Module):
     """Encoder-decoder over semantic-ID codes. `level_sizes[l]` codes at level l; `item_codes` [N, C] buffer."""
 
+    method = "generative"  # metric key of this model's ranking (constrained beam search)
+    complete_ranking = False  # beam search returns only beam_size items
+
     def __init__(self, *, cfg: ModelConfig, item_codes: Tensor, level_sizes: list[int], max_history: int) -> None:
         super().__init__()
         self.cfg, self.level_sizes, self.max_history = cfg, list(level_sizes), max_history
@@ -159,6 +163,20 @@ class Tiger(nn.Module):
     @property
     def num_levels(self) -> int:
         return len(self.level_sizes)
+
+    @property
+    def all_positions(self) -> bool:
+        """Whether training feeds whole sequences with a target at every position (causal encoder only)."""
+        return self.cfg.causal_encoder
+
+    @property
+    def trie(self) -> Trie:
+        """The prefix trie of the catalogue's semantic IDs, built once from `item_codes`."""
+        trie = self.__dict__.get("_trie")
+        if trie is None or trie.leaf_item.device != self.item_codes.device:
+            trie = build_trie(self.item_codes.cpu().numpy()).to(self.item_codes.device)
+            self.__dict__["_trie"] = trie
+        return trie
 
     # ---- encoder -------------------------------------------------------------------------------------
     def encode(self, batch: Batch) -> Memory:
@@ -253,9 +271,9 @@ class Tiger(nn.Module):
         return Output(loss=torch.stack(losses).mean(), logits=logits)
 
     @torch.no_grad()
-    def recommend(self, batch: Batch, k: int, trie, exclude_history: bool = False) -> tuple[Tensor, Tensor]:
+    def recommend(self, batch: Batch, k: int, exclude_history: bool = False) -> tuple[Tensor, Tensor]:
         """Top-k catalogue items by constrained beam search (beam = k): (item_ids [B, k], scores [B, k])."""
         from genrec.decode import beam_search
 
-        result = beam_search(self, batch, trie, beam_size=k, exclude_history=exclude_history)
+        result = beam_search(self, batch, self.trie, beam_size=k, exclude_history=exclude_history)
         return result.items, result.scores

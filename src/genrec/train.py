@@ -19,28 +19,28 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from genrec import checkpoint as ckpt
+from genrec import models
 from genrec.batches import TrainExamples, TrainWindows
 from genrec.config import Config, ModelConfig
 from genrec.distributed import DistInfo, all_reduce_sum, barrier
 from genrec.errors import GenrecError
 from genrec.evaluate import evaluate_split
-from genrec.tiger import Tiger
 from genrec.workspace import Workspace, load_workspace
 
 logger = logging.getLogger(__name__)
 
 
-def build_model(model_cfg: ModelConfig, ws: Workspace, max_history: int) -> Tiger:
-    return Tiger(cfg=model_cfg, item_codes=torch.from_numpy(ws.item_codes), level_sizes=ws.level_sizes,
-                 max_history=max_history)
+def build_model(model_cfg: ModelConfig, ws: Workspace, max_history: int) -> nn.Module:
+    return models.build_model(model_cfg, item_codes=torch.from_numpy(ws.item_codes), level_sizes=ws.level_sizes,
+                              max_history=max_history)
 
 
-def make_optimizer(model: Tiger, cfg: Config) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+def make_optimizer(model: nn.Module, cfg: Config) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "emb" not in n]
     other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "emb" not in n)]
     t = cfg.train
@@ -83,8 +83,8 @@ class TrainLog:
             self.tb.close()
 
 
-def validate(model: Tiger, ws: Workspace, cfg: Config, dist: DistInfo) -> dict[str, float]:
-    result = evaluate_split(model, ws.trie, ws.split.valid, ws.user_bucket, split="valid",
+def validate(model: nn.Module, ws: Workspace, cfg: Config, dist: DistInfo) -> dict[str, float]:
+    result = evaluate_split(model, ws.split.valid, ws.user_bucket, split="valid",
                             beam_size=cfg.train.valid_beam_size,
                             ks=tuple(k for k in cfg.evaluate.ks if k <= cfg.train.valid_beam_size),
                             batch_size=cfg.evaluate.batch_size, exclude_history=cfg.evaluate.exclude_history,
@@ -98,14 +98,14 @@ def train(cfg: Config, run_dir: Path, out_dir: Path, dist: DistInfo) -> dict[str
     if t.batch_size % dist.world_size:
         raise GenrecError(f"train.batch_size={t.batch_size} must be divisible by the {dist.world_size} processes")
     ws = load_workspace(cfg, run_dir)
-    # a causal encoder trains every target of a sequence in one pass; otherwise one example per target
-    maker = TrainWindows if cfg.model.causal_encoder else TrainExamples
+    torch.manual_seed(t.seed)
+    model = build_model(cfg.model, ws, cfg.data.max_history)
+    # a causal model trains every target of a sequence in one pass; otherwise one example per target
+    maker = TrainWindows if model.all_positions else TrainExamples
     examples = maker(ws.split.train, ws.user_bucket, cfg.data.max_history)
     if len(examples) == 0:
         raise GenrecError("the training split has no examples (every user needs at least 4 items for "
                           "leave-one-out); check the data or lower data.min_interactions")
-    torch.manual_seed(t.seed)
-    model = build_model(cfg.model, ws, cfg.data.max_history)
     opt, sched = make_optimizer(model, cfg)
     state = {"step": 0, "epoch": 0, "cursor": 0, "best": -1.0, "best_step": 0, "bad_evals": 0, "seconds": 0.0}
     latest = ckpt.latest_checkpoint(out_dir)
@@ -121,10 +121,10 @@ def train(cfg: Config, run_dir: Path, out_dir: Path, dist: DistInfo) -> dict[str
     autocast = (torch.autocast("cpu" if dist.device == "cpu" else "cuda", dtype=torch.bfloat16)
                 if t.dtype == "bfloat16" else nullcontext())
     log = TrainLog(out_dir, dist.is_main)
-    metric_key = f"valid/generative/{t.select_metric}"
+    metric_key = f"valid/{model.method}/{t.select_metric}"
     batches = examples.epoch_batches(state["epoch"], t.batch_size, t.seed)
     logger.info("training on %d %s (%d batches of %d per epoch), %d parameters", len(examples),
-                "sequence windows" if cfg.model.causal_encoder else "examples", len(batches), t.batch_size,
+                "sequence windows" if model.all_positions else "examples", len(batches), t.batch_size,
                 sum(p.numel() for p in model.parameters()))
     window_loss, window_examples, window_start = 0.0, 0, time.perf_counter()
     run_start = time.perf_counter() - state["seconds"]
@@ -133,20 +133,23 @@ def train(cfg: Config, run_dir: Path, out_dir: Path, dist: DistInfo) -> dict[str
         if state["cursor"] >= len(batches):
             state["epoch"], state["cursor"] = state["epoch"] + 1, 0
             batches = examples.epoch_batches(state["epoch"], t.batch_size, t.seed)
-        index = batches[state["cursor"]][dist.rank :: dist.world_size]
+        global_index = batches[state["cursor"]]
+        index = global_index[dist.rank :: dist.world_size]
         state["cursor"] += 1
         model.train()
         batch = examples.batch(index).to(dist.device)
+        targets = examples.num_targets(index)
         with autocast:
             loss = net(batch, label_smoothing=t.label_smoothing).loss
-        loss.backward()
+        # DDP averages gradients over processes; weighting each process's mean by its share of the global
+        # batch's targets makes that average the mean over all targets, as in one process
+        (loss * (targets * dist.world_size / examples.num_targets(global_index))).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
         state["step"] += 1
         step = state["step"]
-        targets = int((batch.targets >= 0).sum())
         window_loss += float(loss.detach()) * targets
         window_examples += targets
         state["seconds"] = time.perf_counter() - run_start
