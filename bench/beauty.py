@@ -3,7 +3,7 @@
     GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=100000000000 \
         python bench/beauty.py [-c configs/beauty.yaml] [overrides ...] [--out bench/results/beauty.json]
 
-Runs prepare, embed, quantize, train and evaluate into a fresh run directory (default runs/bench-beauty,
+Runs prepare, embed, quantize, train and evaluate into a fresh run directory (runs/bench-<recipe name>,
 deleted first), then writes the wall time of each stage, the peak resident memory, and every metric as flat
 keys "{split}/{method}/{metric}@{k}" (split: valid, test) together with the command, machine and versions.
 """
@@ -52,8 +52,9 @@ def main() -> None:
     p.add_argument("--out", default="bench/results/beauty.json", help="where to write the JSON result")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    overrides = ["run_dir=runs/bench-beauty", *args.overrides]
+    overrides = [f"run_dir=runs/bench-{Path(args.config).stem}", *args.overrides]
     cfg = load_config(args.config, overrides)
+    code_versions = versions()  # the code that runs, before anything changes
     shutil.rmtree(cfg.run_dir, ignore_errors=True)
     wall: dict[str, float] = {}
     last = [time.perf_counter()]
@@ -69,7 +70,7 @@ def main() -> None:
     results = json.loads((Path(cfg.run_dir) / "evaluate" / "results.json").read_text())
     train = json.loads((Path(cfg.run_dir) / "train" / "summary.json").read_text())
     out = {"command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-           "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "machine": machine(), "versions": versions(),
+           "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "machine": machine(), "versions": code_versions,
            "seed": cfg.train.seed, "wall_seconds": wall,
            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
            "metrics": results["metrics"], "omitted": results["omitted"], "train": train,

@@ -12,7 +12,7 @@ from conftest import REPO
 
 def test_shipped_recipes_load_and_are_complete():
     defaults = to_dict(Config())
-    for name in ("beauty.yaml", "beauty-tiger-paper.yaml", "tiny.yaml"):
+    for name in ("beauty.yaml", "beauty-tiger-paper.yaml", "beauty-sasrec.yaml", "tiny.yaml"):
         recipe = yaml.safe_load((REPO / "configs" / name).read_text())
         assert recipe.keys() == defaults.keys()
         for section, values in recipe.items():
