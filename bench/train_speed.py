@@ -1,0 +1,57 @@
+"""Training throughput probe: targets per second of a recipe's model on a prepared run directory.
+
+    python bench/train_speed.py --run-dir runs/bench-beauty [-c configs/beauty.yaml] [overrides ...] [--steps 10]
+
+Times `--steps` optimizer steps after 4 warm-up steps on the first batches of epoch 0 and prints targets/s
+(a target is one next item to predict). The run directory must hold prepare and quantize outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from genrec.batches import TrainExamples, TrainWindows
+from genrec.config import load_config
+from genrec.train import build_model, make_optimizer
+from genrec.workspace import load_workspace
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("-c", "--config", default="configs/beauty.yaml", help="recipe (default configs/beauty.yaml)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.decoder_layers=4")
+    p.add_argument("--run-dir", default="runs/bench-beauty", help="run directory with prepare and quantize done")
+    p.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
+    args = p.parse_args()
+    cfg = load_config(args.config, args.overrides)
+    ws = load_workspace(cfg, Path(args.run_dir))
+    torch.manual_seed(0)
+    model = build_model(cfg.model, ws, cfg.data.max_history)
+    opt, _ = make_optimizer(model, cfg)
+    examples = (TrainWindows if model.all_positions else TrainExamples)(ws.split.train, ws.user_bucket,
+                                                                          cfg.data.max_history)
+    batches = examples.epoch_batches(0, cfg.train.batch_size, 0)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.train.dtype == "bfloat16" else nullcontext()
+    targets, seconds = 0, 0.0
+    for i, index in enumerate(batches[: 4 + args.steps]):
+        batch = examples.batch(index)
+        start = time.perf_counter()
+        with autocast:
+            loss = model(batch, label_smoothing=cfg.train.label_smoothing).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i >= 4:
+            seconds += time.perf_counter() - start
+            targets += examples.num_targets(index)
+    print(f"{' '.join(args.overrides) or '(recipe as is)'}: {targets / seconds:.1f} targets/s "
+          f"({targets} targets in {seconds:.1f} s, batch {cfg.train.batch_size})")
+
+
+if __name__ == "__main__":
+    main()
