@@ -188,3 +188,16 @@ def test_long_sequences_train_every_target_once_with_enough_history():
                     assert H // 2 + 1 <= len(hist) <= H
                 seen.append(t)
     assert sorted(seen) == [1, 2] + list(range(101, 125))
+
+
+def test_bfloat16_decoding_returns_valid_items_with_close_scores():
+    sizes = [4, 5, 3]
+    codes = random_catalog(30, sizes, seed=14)
+    model, batch = tiny_model(codes, sizes), random_batch(30, 5, seed=15)
+    trie = build_trie(codes)
+    reference = brute_force_scores(model, batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        result = beam_search(model, batch, trie, beam_size=30)
+    assert result.scores.dtype == torch.float32
+    assert all(sorted(row) == list(range(30)) for row in result.items.tolist())  # every item, once
+    torch.testing.assert_close(result.scores, reference.gather(1, result.items), atol=0.1, rtol=0.02)

@@ -24,6 +24,7 @@ import json
 import logging
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -57,7 +58,7 @@ def evaluate_split(
     model: nn.Module, eval_set: EvalSet, user_bucket: np.ndarray, *, split: str, beam_size: int,
     ks: tuple[int, ...], exact: bool = False, batch_size: int = 256, exclude_history: bool = False,
     rank: int = 0, world_size: int = 1, all_reduce: Callable[[Tensor], Tensor] = lambda t: t,
-    progress: bool = False,
+    progress: bool = False, dtype: str = "float32",
 ) -> EvalResult:
     """Recall/NDCG@k of `model` on one split; every process calls this with its rank.
 
@@ -84,12 +85,16 @@ def evaluate_split(
 
         total = (len(eval_set.targets[rank::world_size]) + batch_size - 1) // batch_size
         batches = tqdm(batches, total=total, desc=f"evaluate {split}", leave=False)
+    device_type = model.item_codes.device.type
+    autocast = (torch.autocast(device_type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext())
     for _, batch in batches:
         if method_ks[model.method]:
-            items, _ = model.recommend(batch, returned, exclude_history=exclude_history)
+            with autocast:
+                items, _ = model.recommend(batch, returned, exclude_history=exclude_history)
             sums[model.method] += metric_sums(ranks_in_list(items, batch.targets), method_ks[model.method])
         if exact:
-            scores = score_catalog(model, batch, model.trie)  # [B, N]
+            with autocast:
+                scores = score_catalog(model, batch, model.trie).float()  # [B, N]
             if exclude_history:
                 hist = batch.history.clamp(min=0)
                 scores.scatter_(1, hist, torch.where(batch.history >= 0, float("-inf"), scores.gather(1, hist)))
@@ -143,7 +148,7 @@ def evaluate_run(cfg: Config, run_dir: Path, out_dir: Path, dist: DistInfo, mode
         r = evaluate_split(model, eval_set, ws.user_bucket, split=split,
                            beam_size=e.beam_size, ks=e.ks, exact=e.exact, batch_size=e.batch_size,
                            exclude_history=e.exclude_history, rank=dist.rank, world_size=dist.world_size,
-                           all_reduce=all_reduce_sum, progress=dist.is_main and sys.stderr.isatty())
+                           all_reduce=all_reduce_sum, progress=dist.is_main and sys.stderr.isatty(), dtype=e.dtype)
         results["metrics"].update(r.metrics)
         results["omitted"].update(r.omitted)
         results["users"][split], results["seconds"][split] = r.users, round(r.seconds, 2)

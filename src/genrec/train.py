@@ -88,7 +88,8 @@ def validate(model: nn.Module, ws: Workspace, cfg: Config, dist: DistInfo) -> di
                             beam_size=cfg.train.valid_beam_size,
                             ks=tuple(k for k in cfg.evaluate.ks if k <= cfg.train.valid_beam_size),
                             batch_size=cfg.evaluate.batch_size, exclude_history=cfg.evaluate.exclude_history,
-                            rank=dist.rank, world_size=dist.world_size, all_reduce=all_reduce_sum)
+                            rank=dist.rank, world_size=dist.world_size, all_reduce=all_reduce_sum,
+                            dtype=cfg.evaluate.dtype)
     return result.metrics
 
 
