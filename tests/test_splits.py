@@ -8,7 +8,7 @@ import pytest
 from genrec.config import DataConfig
 from genrec.datasets import Dataset
 from genrec.errors import GenrecError
-from genrec.splits import leave_one_out, make_split, temporal_split, truncate
+from genrec.splits import leave_one_out, make_split, temporal_split
 
 
 def _random_sequences(seed: int = 0, users: int = 200, items: int = 500) -> list[np.ndarray]:
@@ -110,11 +110,3 @@ def test_make_split_dispatches_and_needs_timestamps_for_temporal():
                       timestamps=None)
     with pytest.raises(GenrecError, match=r"use data\.split=leave_one_out"):
         make_split(without, DataConfig(split="temporal"))
-
-
-def test_truncate_keeps_the_most_recent_items():
-    history = np.arange(10, dtype=np.int64)
-    assert truncate(history, 3).tolist() == [7, 8, 9]
-    assert truncate(history, 20).tolist() == list(range(10))
-    with pytest.raises(ValueError):
-        truncate(history, 0)

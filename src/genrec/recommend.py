@@ -57,7 +57,6 @@ def recommend(run_dir: Path, *, k: int, history: list[str] | None = None, user: 
         items = [index[h] for h in history]
     if not items:
         raise GenrecError("the history is empty; give at least one item ID")
-    items = items[-model.max_history :]
     batch = Batch(users=torch.tensor([bucket]), history=torch.tensor([items]))
     items, scores = model.recommend(batch, k, exclude_history=exclude_history)
     out = []

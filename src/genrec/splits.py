@@ -15,7 +15,7 @@ Two protocols, chosen by `data.split`:
   test example in the same way (its history may include validation-window items). Users whose history would be
   empty are left out of that evaluation set.
 
-Histories are never truncated here; `truncate` keeps the most recent `max_history` items where a model needs it.
+Histories are never truncated here; batching and the models keep the most recent `max_history` items.
 Every training position >= 1 is a target whose history is the items before it, so no validation or test
 target is ever inside its own history or inside the training data.
 """
@@ -135,10 +135,3 @@ def make_split(dataset: Dataset, cfg: DataConfig) -> Split:
         return temporal_split(dataset.sequences, dataset.timestamps, valid_fraction=cfg.valid_fraction,
                               test_fraction=cfg.test_fraction)
     raise GenrecError(f"data.split={cfg.split!r} is not one of leave_one_out, temporal")
-
-
-def truncate(history: np.ndarray, max_history: int) -> np.ndarray:
-    """The most recent `max_history` items of `history` (all of it when shorter)."""
-    if max_history < 1:
-        raise ValueError(f"max_history must be at least 1, got {max_history}")
-    return history[-max_history:]
