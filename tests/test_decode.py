@@ -23,10 +23,12 @@ def random_catalog(n: int, sizes: list[int], seed: int) -> np.ndarray:
 
 
 def tiny_model(codes: np.ndarray, sizes: list[int], item_tokens: str = "codes", seed: int = 0,
-               causal_encoder: bool = False) -> Tiger:
+               causal_encoder: bool = False, trie_softmax: bool = False, decoder_layers: int = 2) -> Tiger:
+    """decoder_layers=2 decodes with a KV cache; 1 without one (per-node self-attention states)."""
     torch.manual_seed(seed)
-    cfg = ModelConfig(d_model=16, num_heads=2, head_dim=8, d_ff=32, encoder_layers=1, decoder_layers=2,
-                      dropout=0.0, item_tokens=item_tokens, num_user_buckets=7, causal_encoder=causal_encoder)
+    cfg = ModelConfig(d_model=16, num_heads=2, head_dim=8, d_ff=32, encoder_layers=1, decoder_layers=decoder_layers,
+                      dropout=0.0, item_tokens=item_tokens, num_user_buckets=7, causal_encoder=causal_encoder,
+                      trie_softmax=trie_softmax)
     model = Tiger(cfg=cfg, item_codes=torch.from_numpy(codes), level_sizes=sizes, max_history=5)
     for p in model.parameters():  # larger weights than the init so that scores are well spread
         torch.nn.init.normal_(p, std=0.5)
@@ -42,17 +44,39 @@ def random_batch(n_items: int, B: int, seed: int) -> Batch:
 
 
 def brute_force_scores(model: Tiger, batch: Batch) -> torch.Tensor:
-    """Teacher-forced log p(item) for every item, one forward pass per item: [B, N]."""
+    """Teacher-forced log p(item) for every item, one forward pass per item: [B, N]. With trie_softmax each
+    level's softmax covers the codes that follow the item's prefix somewhere in the catalogue (found by scanning
+    the ID list, not the trie)."""
     N = model.item_codes.shape[0]
     B = batch.history.shape[0]
+    ids = [tuple(row) for row in model.item_codes.tolist()]
     out = torch.empty(B, N)
     with torch.no_grad():
         for item in range(N):
             b = Batch(batch.users, batch.history, torch.full((B,), item))
             logits = model(b).logits
-            codes = model.item_codes[item]
-            out[:, item] = sum(torch.log_softmax(z, -1)[:, codes[level]] for level, z in enumerate(logits))
+            codes = ids[item]
+            total = torch.zeros(B)
+            for level, z in enumerate(logits):
+                if model.cfg.trie_softmax:
+                    allowed = sorted({i[level] for i in ids if i[:level] == codes[:level]})
+                    z = z[:, allowed]
+                    code = allowed.index(codes[level])
+                else:
+                    code = codes[level]
+                total += torch.log_softmax(z, -1)[:, code]
+            out[:, item] = total
     return out
+
+
+def collision_catalog(n: int, sizes: list[int], seed: int, repeats: int = 0) -> np.ndarray:
+    """Random IDs (`repeats` of them copies of others) plus the collision level, like real semantic IDs: most
+    deep trie nodes have one child."""
+    from genrec.rqkmeans import add_collision_level
+
+    rng = np.random.default_rng(seed)
+    codes = np.stack([rng.integers(0, s, n) for s in sizes], axis=1)
+    return add_collision_level(np.concatenate([codes, codes[rng.integers(0, n, repeats)]]))
 
 
 @pytest.mark.parametrize("item_tokens, causal", [("codes", False), ("sum", False), ("codes", True), ("sum", True)])
@@ -65,11 +89,11 @@ def test_exact_scoring_equals_teacher_forcing(item_tokens, causal):
     torch.testing.assert_close(exact, brute_force_scores(model, batch), atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("use_kv_cache", [True, False])
-def test_full_beam_is_the_exact_ranking(use_kv_cache):
+@pytest.mark.parametrize("use_kv_cache, decoder_layers", [(True, 2), (False, 2), (True, 1)])
+def test_full_beam_is_the_exact_ranking(use_kv_cache, decoder_layers):
     sizes = [4, 5, 3]
     codes = random_catalog(40, sizes, seed=3)
-    model, batch = tiny_model(codes, sizes), random_batch(40, 6, seed=4)
+    model, batch = tiny_model(codes, sizes, decoder_layers=decoder_layers), random_batch(40, 6, seed=4)
     trie = build_trie(codes)
     result = beam_search(model, batch, trie, beam_size=40, use_kv_cache=use_kv_cache)
     reference = brute_force_scores(model, batch)
@@ -129,6 +153,79 @@ def test_beam_larger_than_catalog_pads_with_minus_one():
     result = beam_search(model, batch, build_trie(codes), beam_size=10)
     assert (result.items[:, :7] >= 0).all() and (result.items[:, 7:] == -1).all()
     assert torch.isinf(result.scores[:, 7:]).all()
+
+
+@pytest.mark.parametrize("use_kv_cache, decoder_layers", [(True, 2), (False, 2), (True, 1)])
+@pytest.mark.parametrize("catalog", [([3, 6, 5], 70, 0), ([3, 30, 30], 50, 12)])
+def test_trie_softmax_full_beam_is_the_exact_ranking_and_a_distribution(use_kv_cache, decoder_layers, catalog):
+    """With trie_softmax a node with one child is never decoded and the beams that need a step feed their
+    pending positions against the shared cache (the second catalogue: level-2 nodes mostly have one child, so
+    a collision at level 3 decodes positions 2 and 3 at once); the result must still equal per-item teacher
+    forcing, and the item probabilities sum to one."""
+    level_sizes, n, repeats = catalog
+    codes = collision_catalog(n, level_sizes, seed=21, repeats=repeats)
+    sizes = [*level_sizes, int(codes[:, -1].max()) + 1]
+    N = codes.shape[0]
+    for causal in (False, True):
+        model = tiny_model(codes, sizes, "sum", causal_encoder=causal, trie_softmax=True, decoder_layers=decoder_layers)
+        batch = random_batch(N, 5, seed=22)
+        reference = brute_force_scores(model, batch)
+        torch.testing.assert_close(reference.exp().sum(1), torch.ones(5), atol=1e-5, rtol=1e-5)
+        trie = build_trie(codes)
+        result = beam_search(model, batch, trie, beam_size=N, use_kv_cache=use_kv_cache)
+        ref_scores, ref_items = reference.sort(dim=1, descending=True)
+        assert torch.equal(result.items, ref_items)
+        torch.testing.assert_close(result.scores, ref_scores, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(score_catalog(model, batch, trie), reference, atol=1e-4, rtol=1e-4)
+        for beam in (1, 4, 15):  # narrow beams: valid items, true scores, sorted
+            small = beam_search(model, batch, trie, beam_size=beam, use_kv_cache=use_kv_cache)
+            torch.testing.assert_close(small.scores, reference.gather(1, small.items), atol=1e-4, rtol=1e-4)
+            assert (small.scores[:, :-1] >= small.scores[:, 1:]).all()
+
+
+def test_trie_softmax_training_loss_is_the_masked_cross_entropy():
+    codes = collision_catalog(50, [3, 5, 4], seed=23)
+    sizes = [3, 5, 4, int(codes[:, -1].max()) + 1]
+    model = tiny_model(codes, sizes, "codes", trie_softmax=True)
+    batch = random_batch(50, 6, seed=24)
+    targets = torch.tensor([0, 7, 13, 21, 34, 49])
+    reference = brute_force_scores(model, batch)  # [B, N]: the summed masked log-probabilities
+    loss = model(Batch(batch.users, batch.history, targets)).loss  # mean over levels of the mean over users
+    expected = -reference[torch.arange(6), targets].mean() / len(sizes)
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+    # label smoothing spreads only over the allowed codes: a level with a single allowed code adds nothing
+    smoothed = model(Batch(batch.users, batch.history, targets), label_smoothing=0.1).loss
+    assert torch.isfinite(smoothed) and smoothed > loss
+
+
+def test_cacheless_decoding_without_node_tables_matches(monkeypatch):
+    """Depths with more nodes than NODE_TABLE_MAX compute the self-attention states per beam instead."""
+    sizes = [4, 5, 3]
+    codes = random_catalog(40, sizes, seed=41)
+    model, batch = tiny_model(codes, sizes, decoder_layers=1), random_batch(40, 6, seed=42)
+    trie = build_trie(codes)
+    with_tables = beam_search(model, batch, trie, beam_size=12)
+    monkeypatch.setattr(Tiger, "NODE_TABLE_MAX", 2)
+    model.__dict__.pop("_node_states", None)
+    without = beam_search(model, batch, trie, beam_size=12)
+    assert torch.equal(with_tables.items, without.items)
+    torch.testing.assert_close(with_tables.scores, without.scores, atol=1e-5, rtol=1e-5)
+    prefixes = trie.prefix_codes(2, torch.arange(trie.num_nodes(2)))
+    assert [tuple(p) for p in prefixes.tolist()] == sorted({tuple(r[:2]) for r in codes.tolist()})
+
+
+def test_node_states_follow_weight_updates():
+    sizes = [4, 5, 3]
+    codes = random_catalog(30, sizes, seed=43)
+    model, batch = tiny_model(codes, sizes, decoder_layers=1), random_batch(30, 4, seed=44)
+    trie = build_trie(codes)
+    before = beam_search(model, batch, trie, beam_size=30).scores
+    with torch.no_grad():
+        model.decoder[0].self_attn.q.weight.mul_(3.0)  # an in-place update, as an optimizer step does
+    after = beam_search(model, batch, trie, beam_size=30)
+    reference = brute_force_scores(model, batch)
+    assert not torch.allclose(before, after.scores)
+    torch.testing.assert_close(after.scores, reference.gather(1, after.items), atol=1e-4, rtol=1e-4)
 
 
 def test_trie_structure_and_duplicates():
@@ -201,3 +298,30 @@ def test_bfloat16_decoding_returns_valid_items_with_close_scores():
     assert result.scores.dtype == torch.float32
     assert all(sorted(row) == list(range(30)) for row in result.items.tolist())  # every item, once
     torch.testing.assert_close(result.scores, reference.gather(1, result.items), atol=0.1, rtol=0.02)
+
+
+@pytest.mark.parametrize("decoder_layers", [1, 2])
+@pytest.mark.parametrize("trie_softmax", [False, True])
+def test_beam_ranks_equal_looking_the_target_up_in_the_beam(trie_softmax, decoder_layers):
+    """The pruned rank computation (users dropped once their target's prefix leaves the beam, candidates below
+    the target's score dropped) must give exactly the rank of the target in beam_search's output."""
+    from genrec.decode import beam_ranks
+    from genrec.metrics import ranks_in_list
+
+    codes = collision_catalog(120, [4, 8, 6], seed=31, repeats=10)
+    sizes = [4, 8, 6, int(codes[:, -1].max()) + 1]
+    N = codes.shape[0]
+    model = tiny_model(codes, sizes, "sum", causal_encoder=True, trie_softmax=trie_softmax, decoder_layers=decoder_layers)
+    trie = build_trie(codes)
+    batch = random_batch(N, 64, seed=32)
+    targets = torch.randint(0, N, (64,), generator=torch.Generator().manual_seed(33))
+    targets[:4] = batch.history[:4, -1]  # some targets are history items
+    batch = Batch(batch.users, batch.history, targets)
+    for beam in (1, 3, 10, 40, N):
+        for exclude in (False, True):
+            result = beam_search(model, batch, trie, beam_size=beam, exclude_history=exclude)
+            expected = ranks_in_list(result.items, targets)
+            assert torch.equal(beam_ranks(model, batch, trie, beam_size=beam, exclude_history=exclude), expected)
+    # the test must be able to fail: some targets are found, some missed, at a middling beam
+    ranks = beam_ranks(model, batch, trie, beam_size=10)
+    assert 0 < int((ranks < 10).sum()) < 64

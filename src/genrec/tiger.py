@@ -108,22 +108,46 @@ class DecoderLayer(nn.Module):
     def forward(
         self, x: Tensor, cross_k: Tensor, cross_v: Tensor, mask: Tensor, past: tuple[Tensor, Tensor] | None
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """x [B, W, t, D]; cross_k/v [B, H, S, E]; past: self-attention keys/values [B*W, H, t_past, E]."""
+        """x [B, W, t, D] (positions after `past`); cross_k/v [B, H, S, E]; past: self-attention keys/values
+        [B*W, H, t_past, E] of the earlier positions."""
+        x, kv = self.self_part(x, past)
+        return self.cross_part(x, cross_k, cross_v, mask), kv
+
+    def self_part(self, x: Tensor, past: tuple[Tensor, Tensor] | None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Self-attention over the code positions: x [B, W, t, D] -> x [B, W, t, D] and this layer's keys/values."""
         B, W, t, D = x.shape
         h = self.ln1(x).reshape(B * W, t, D)
         a = self.self_attn
         q = a.split(a.q(h))  # [B*W, H, t, E]
         k, v = a.project_kv(h)
+        self_mask = None
         if past is not None:
+            p = past[0].shape[2]
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        assert past is None or t == 1, "cached decoding feeds one position at a time"
-        x = x + self.drop(a.attend(q, k, v, None, causal=past is None and t > 1)).view(B, W, t, D)
-        # Cross-attention: the W*t queries of a user share that user's memory, which is never copied per beam.
+            if t > 1:  # new position i sees the whole past and new positions <= i
+                self_mask = torch.arange(p + t, device=x.device)[None] <= p + torch.arange(t, device=x.device)[:, None]
+        x = x + self.drop(a.attend(q, k, v, self_mask, causal=past is None and t > 1)).view(B, W, t, D)
+        return x, (k, v)
+
+    def cross_part(self, x: Tensor, cross_k: Tensor, cross_v: Tensor, mask: Tensor) -> Tensor:
+        """Cross-attention to the user's memory and the feed-forward: x [B, W, t, D] -> [B, W, t, D]. The W*t
+        queries of a user share that user's memory, which is never copied per beam."""
+        B, W, t, D = x.shape
         c = self.cross_attn
         q = c.split(c.q(self.ln2(x).reshape(B, W * t, D)))  # [B, H, W*t, E]
         x = x + self.drop(c.attend(q, cross_k, cross_v, mask, causal=False)).view(B, W, t, D)
-        x = x + self.drop(self.ff(self.ln3(x)))
-        return x, (k, v)
+        return x + self.drop(self.ff(self.ln3(x)))
+
+
+def _masked_cross_entropy(z: Tensor, target: Tensor, mask: Tensor, label_smoothing: float) -> Tensor:
+    """Cross-entropy of logits z [n, K] restricted to the codes in mask [n, K] (the target's among them); label
+    smoothing spreads over those codes only. A row with a single allowed code contributes zero loss."""
+    logp = F.log_softmax(z.masked_fill(~mask, float("-inf")), dim=-1)
+    nll = -logp.gather(1, target[:, None]).squeeze(1)
+    if label_smoothing:
+        smooth = -torch.where(mask, logp, 0.0).sum(1) / mask.sum(1)
+        nll = (1 - label_smoothing) * nll + label_smoothing * smooth
+    return nll.mean()
 
 
 class Tiger(nn.Module):
@@ -222,6 +246,53 @@ class Tiger(nn.Module):
     def bos(self, B: int, W: int) -> Tensor:  # [B, W, 1, D]
         return (self.code_emb.weight[-1] + self.dec_pos.weight[0]).expand(B, W, 1, -1)
 
+    def decoder_inputs(self, prefix: Tensor, start: int = 0) -> Tensor:
+        """Decoder inputs of positions start..d for prefixes [B, W, d] (position 0: BOS; j: code j-1)."""
+        B, W, d = prefix.shape
+        parts = []
+        if start == 0:
+            parts.append(self.bos(B, W))
+            start = 1
+        if start <= d:
+            parts.append(self.embed_codes(prefix[:, :, start - 1 :], start - 1))
+        return torch.cat(parts, dim=2)  # [B, W, d + 1 - start, D]
+
+    # ---- decoding without a KV cache (one decoder layer) -----------------------------------------------------
+    # With a single decoder layer, self-attention reads only the code tokens, so its output at the last position
+    # of a prefix is the same for every user: a property of the trie node. It is computed once per node (a table
+    # per depth, while the depth has at most NODE_TABLE_MAX nodes), and a decoding step is then cross-attention
+    # and the feed-forward alone, for any subset of beams, with no cache to gather or grow.
+    NODE_TABLE_MAX = 500_000
+
+    @property
+    def cacheless(self) -> bool:
+        return len(self.decoder) == 1
+
+    def prefix_states(self, prefixes: Tensor) -> Tensor:
+        """prefixes [R, d] -> the decoder layer's state after self-attention at position d: [R, D]."""
+        x, _ = self.decoder[0].self_part(self.drop(self.decoder_inputs(prefixes[:, None])), None)
+        return x[:, 0, -1]
+
+    def node_states(self, trie: Trie, depth: int, nodes: Tensor) -> Tensor:
+        """Self-attention states of depth-`depth` trie nodes [...] -> [..., D], from the depth's table."""
+        table = None
+        if trie.num_nodes(depth) <= self.NODE_TABLE_MAX:
+            key = (id(trie), tuple((p.data_ptr(), p._version) for p in self.parameters()), self.training)
+            tables = self.__dict__.setdefault("_node_states", {})
+            if depth not in tables or tables[depth][0] != key:
+                tables[depth] = (key, torch.cat([
+                    self.prefix_states(trie.prefix_codes(depth, chunk))
+                    for chunk in torch.arange(trie.num_nodes(depth), device=nodes.device).split(65536)]))
+            table = tables[depth][1]
+        if table is not None:
+            return table[nodes]
+        return self.prefix_states(trie.prefix_codes(depth, nodes.flatten())).view(*nodes.shape, -1)
+
+    def decode_states(self, states: Tensor, memory: Memory) -> Tensor:
+        """Self-attention states [B, W, D] -> final decoder hidden states [B, W, D] (one decoder layer)."""
+        x = self.decoder[0].cross_part(states[:, :, None], memory.keys[0], memory.values[0], memory.mask)
+        return self.dec_norm(x)[:, :, 0]
+
     def decode(
         self, x: Tensor, memory: Memory, past: list[tuple[Tensor, Tensor]] | None = None
     ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
@@ -234,10 +305,20 @@ class Tiger(nn.Module):
         return self.dec_norm(x), cache
 
     def log_probs(self, hidden: Tensor, level: int) -> Tensor:
-        """hidden [..., D] -> log-probabilities over level `level`'s codes [..., K_l]."""
+        """hidden [..., D] -> log-probabilities over all of level `level`'s codes [..., K_l]."""
         lo = int(self.offsets[level])
         w = self.head.weight[lo : lo + self.level_sizes[level]]
         return F.log_softmax((hidden @ w.T).float(), dim=-1)
+
+    def child_log_probs(self, hidden: Tensor, level: int, code: Tensor, valid: Tensor) -> Tensor:
+        """hidden [..., D], the codes of each node's children [..., M] (valid [..., M]) -> their log-probabilities
+        [..., M]: under the full softmax over level `level`'s codes, or with `trie_softmax` over the valid
+        children only. Invalid slots are -inf."""
+        if not self.cfg.trie_softmax:
+            return self.log_probs(hidden, level).gather(-1, code).masked_fill(~valid, float("-inf"))
+        lo = int(self.offsets[level])
+        z = (hidden @ self.head.weight[lo : lo + self.level_sizes[level]].T).float().gather(-1, code)  # [..., M]
+        return F.log_softmax(z.masked_fill(~valid, float("-inf")), dim=-1).masked_fill(~valid, float("-inf"))
 
     def forward(self, batch: Batch, label_smoothing: float = 0.0) -> Output:
         """Teacher-forced loss. targets [B]: one target after each history. targets [B, T] (causal encoder
@@ -262,12 +343,17 @@ class Tiger(nn.Module):
         hidden, _ = self.decode(x, memory)
         hidden = hidden[live]  # [n, C, D] only real targets
         codes = codes[live]  # [n, C]
+        paths = self.trie.paths(targets[live]) if self.cfg.trie_softmax else None  # [n, C] prefix nodes
         logits, losses = [], []
         for level in range(C):
             lo = int(self.offsets[level])
             z = hidden[:, level] @ self.head.weight[lo : lo + self.level_sizes[level]].T  # [n, K_l]
             logits.append(z)
-            losses.append(F.cross_entropy(z.float(), codes[:, level], label_smoothing=label_smoothing))
+            if paths is None:
+                losses.append(F.cross_entropy(z.float(), codes[:, level], label_smoothing=label_smoothing))
+            else:
+                mask = self.trie.child_mask(level, paths[:, level], self.level_sizes[level])
+                losses.append(_masked_cross_entropy(z.float(), codes[:, level], mask, label_smoothing))
         return Output(loss=torch.stack(losses).mean(), logits=logits)
 
     @torch.no_grad()
@@ -277,3 +363,10 @@ class Tiger(nn.Module):
 
         result = beam_search(self, batch, self.trie, beam_size=k, exclude_history=exclude_history)
         return result.items, result.scores
+
+    @torch.no_grad()
+    def target_ranks(self, batch: Batch, k: int, exclude_history: bool = False) -> Tensor:
+        """0-based rank of each target among the k items `recommend` returns, MISS if absent: [B]."""
+        from genrec.decode import beam_ranks
+
+        return beam_ranks(self, batch, self.trie, beam_size=k, exclude_history=exclude_history)

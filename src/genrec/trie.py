@@ -58,6 +58,34 @@ class Trie:
         valid = child < end[..., None]
         return torch.where(valid, child, 0), valid
 
+    def num_children(self, depth: int, nodes: Tensor) -> Tensor:
+        """nodes [...] at `depth` -> how many children each has [...]."""
+        return self.child_start[depth][nodes + 1] - self.child_start[depth][nodes]
+
+    def paths(self, items: Tensor) -> Tensor:
+        """items [...] -> [..., C]: the depth-d node on each item's path (its ID's first d codes) for d < C."""
+        leaf = self.item_leaf[items]
+        path = [leaf]
+        for d in range(self.depth - 1, 0, -1):
+            path.append(self.parent[d][path[-1]])
+        path.append(torch.zeros_like(leaf))  # the root
+        return torch.stack(path[:0:-1], dim=-1)
+
+    def prefix_codes(self, depth: int, nodes: Tensor) -> Tensor:
+        """nodes [n] at `depth` -> their codes [n, depth] (the prefix each node stands for)."""
+        codes = []
+        for d in range(depth - 1, -1, -1):
+            codes.append(self.node_code[d][nodes])
+            nodes = self.parent[d][nodes]
+        return torch.stack(codes[::-1], dim=1) if codes else nodes.new_empty(nodes.shape[0], 0)
+
+    def child_mask(self, depth: int, nodes: Tensor, num_codes: int) -> Tensor:
+        """nodes [n] at `depth` -> [n, num_codes] bool: which codes lead to a child."""
+        child, valid = self.children(depth, nodes)
+        mask = torch.zeros(nodes.shape[0], num_codes + 1, dtype=torch.bool, device=nodes.device)
+        mask.scatter_(1, torch.where(valid, self.node_code[depth][child], num_codes), True)
+        return mask[:, :num_codes]
+
     def contains(self, codes: Tensor) -> Tensor:
         """codes [B, C] -> [B] bool: is this a complete semantic ID of a catalogue item? (reference check)"""
         node = torch.zeros(codes.shape[0], dtype=torch.long, device=codes.device)
