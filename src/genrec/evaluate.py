@@ -8,14 +8,19 @@ over users whose target is in the top k (one relevant item, so the ideal DCG is 
 
 Two methods:
 - "generative": constrained beam search with `beam_size` beams returns `beam_size` items; metrics are
-  reported only for k <= beam_size (a larger k would be capped by the beam, and is listed as omitted).
+  reported only for k <= beam_size (a larger k would be capped by the beam, and is listed as omitted). The
+  evaluator asks the model for each target's rank in that list (`target_ranks`), which a Tiger computes by a
+  pruned beam search with the same answer (`decode.beam_ranks`): a user is finished once the target's prefix
+  leaves the beam, and beams that cannot end above the target are never expanded.
 - "exact": every item's log-probability is computed (work shared along the trie); the ranking is complete,
   so every k is reported. The rank of a target is the number of items scoring strictly higher.
 
 Users are sharded across processes as indices[rank::world] with no padding, and sums of per-user metric
 values and user counts are all-reduced, so N processes give the same numbers as one. Validation is for model
-selection and early stopping; the test split is only ever reported. History items are kept in the ranking
-unless `exclude_history` is set (TIGER and LIGER keep them).
+selection and early stopping; the test split is only ever reported. With `exclude_history` (the default) the
+user's own history items are removed from the ranking: in data without repeat interactions (Amazon reviews:
+no user reviews an item twice) they can never be the target, and left in they crowd out real candidates.
+When a split's targets do repeat history items the evaluator warns, since those targets become unreachable.
 """
 
 from __future__ import annotations
@@ -37,12 +42,12 @@ from genrec.batches import eval_batches
 from genrec.config import Config
 from genrec.decode import score_catalog
 from genrec.distributed import DistInfo, all_reduce_sum
-from genrec.metrics import metric_sums, ranks_in_list, ranks_in_scores
+from genrec.metrics import metric_sums, ranks_in_scores
 from genrec.splits import EvalSet
 
 logger = logging.getLogger(__name__)
 
-MAX_DECODER_ROWS = 16384  # users x beams decoded together (bounds the KV cache: ~1 GB at the paper's shape)
+MAX_DECODER_ROWS = 65536  # users x beams x decoder layers per batch (bounds the KV cache: ~0.4 GB per layer)
 
 
 @dataclass
@@ -53,12 +58,26 @@ class EvalResult:
     seconds: float = 0.0
 
 
+def resolve_dtype(dtype: str, device_type: str) -> str:
+    """"auto" -> "bfloat16" where the hardware computes it natively (else emulation makes it slower), else
+    "float32"; other values pass through."""
+    if dtype != "auto":
+        return dtype
+    if device_type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    try:
+        flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "").split()
+    except OSError:
+        flags = []
+    return "bfloat16" if {"avx512_bf16", "amx_bf16"} & set(flags) else "float32"
+
+
 @torch.no_grad()
 def evaluate_split(
     model: nn.Module, eval_set: EvalSet, user_bucket: np.ndarray, *, split: str, beam_size: int,
     ks: tuple[int, ...], exact: bool = False, batch_size: int = 256, exclude_history: bool = False,
     rank: int = 0, world_size: int = 1, all_reduce: Callable[[Tensor], Tensor] = lambda t: t,
-    progress: bool = False, dtype: str = "float32",
+    progress: bool = False, dtype: str = "auto",
 ) -> EvalResult:
     """Recall/NDCG@k of `model` on one split; every process calls this with its rank.
 
@@ -75,7 +94,8 @@ def evaluate_split(
     sums = {method: torch.zeros(2, len(m_ks), dtype=torch.double) for method, m_ks in method_ks.items()}
     count = torch.zeros(1, dtype=torch.double)
     # decoder rows (users x beams) per batch are capped so that wide beams fit in memory
-    batch_size = max(1, min(batch_size, MAX_DECODER_ROWS // returned))
+    rows = MAX_DECODER_ROWS // max(1, model.cfg.decoder_layers if model.method == "generative" else 1)
+    batch_size = max(1, min(batch_size, rows // returned))
     if exact:
         batch_size = min(batch_size, 8)
     batches = eval_batches(eval_set.histories, eval_set.targets, user_bucket[eval_set.users],
@@ -86,12 +106,13 @@ def evaluate_split(
         total = (len(eval_set.targets[rank::world_size]) + batch_size - 1) // batch_size
         batches = tqdm(batches, total=total, desc=f"evaluate {split}", leave=False)
     device_type = model.item_codes.device.type
+    dtype = resolve_dtype(dtype, device_type)
     autocast = (torch.autocast(device_type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext())
     for _, batch in batches:
         if method_ks[model.method]:
             with autocast:
-                items, _ = model.recommend(batch, returned, exclude_history=exclude_history)
-            sums[model.method] += metric_sums(ranks_in_list(items, batch.targets), method_ks[model.method])
+                ranks = model.target_ranks(batch, returned, exclude_history=exclude_history)
+            sums[model.method] += metric_sums(ranks, method_ks[model.method])
         if exact:
             with autocast:
                 scores = score_catalog(model, batch, model.trie).float()  # [B, N]
@@ -115,6 +136,13 @@ def evaluate_split(
             out.omitted[f"{split}/{model.method}/ndcg@{k}"] = reason
     out.users, out.seconds = int(n), time.perf_counter() - start
     return out
+
+
+def repeat_share(eval_set: EvalSet) -> float:
+    """Share of users whose held-out item is already in their history (0 in data without repeats)."""
+    if len(eval_set) == 0:
+        return 0.0
+    return float(np.mean([bool(np.isin(t, h).any()) for t, h in zip(eval_set.targets, eval_set.histories)]))
 
 
 def format_table(metrics: dict[str, float], ks: tuple[int, ...]) -> str:
@@ -142,9 +170,15 @@ def evaluate_run(cfg: Config, run_dir: Path, out_dir: Path, dist: DistInfo, mode
     e = cfg.evaluate
     results: dict[str, Any] = {"metrics": {}, "omitted": {}, "users": {}, "seconds": {},
                                "beam_size": e.beam_size, "exact": e.exact, "exclude_history": e.exclude_history,
+                               "dtype": resolve_dtype(e.dtype, torch.device(dist.device).type),
                                "model": str(model_dir), "num_items": len(ws.item_ids)}
     for split in e.splits:
         eval_set = ws.split.valid if split == "valid" else ws.split.test
+        repeats = repeat_share(eval_set) if e.exclude_history else 0.0
+        if repeats > 0 and dist.is_main:
+            logger.warning("%s: %.1f%% of targets are already in the user's history and cannot be hit with "
+                           "evaluate.exclude_history=true; set it to false for data with repeat interactions",
+                           split, 100 * repeats)
         r = evaluate_split(model, eval_set, ws.user_bucket, split=split,
                            beam_size=e.beam_size, ks=e.ks, exact=e.exact, batch_size=e.batch_size,
                            exclude_history=e.exclude_history, rank=dist.rank, world_size=dist.world_size,

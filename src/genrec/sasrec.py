@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genrec.config import ModelConfig
+from genrec.metrics import MISS
 from genrec.tiger import Batch, EncoderLayer, Output
 
 
@@ -81,12 +82,23 @@ class SASRec(nn.Module):
         h = self.hidden(batch.history[:, -self.max_history :])[:, -1]
         return F.log_softmax(self.logits(h).float(), dim=-1)
 
-    @torch.no_grad()
-    def recommend(self, batch: Batch, k: int, exclude_history: bool = False) -> tuple[Tensor, Tensor]:
-        """Top-k items by exact score: (item_ids [B, k], scores [B, k])."""
+    def _scores(self, batch: Batch, exclude_history: bool) -> Tensor:
         scores = self.score(batch)
         if exclude_history:
             hist = batch.history.clamp(min=0)
             scores.scatter_(1, hist, torch.where(batch.history >= 0, float("-inf"), scores.gather(1, hist)))
-        top, items = scores.topk(min(k, self.num_items), dim=1)
+        return scores
+
+    @torch.no_grad()
+    def recommend(self, batch: Batch, k: int, exclude_history: bool = False) -> tuple[Tensor, Tensor]:
+        """Top-k items by exact score: (item_ids [B, k], scores [B, k])."""
+        top, items = self._scores(batch, exclude_history).topk(min(k, self.num_items), dim=1)
         return items, top
+
+    @torch.no_grad()
+    def target_ranks(self, batch: Batch, k: int, exclude_history: bool = False) -> Tensor:
+        """0-based rank of each target (items scoring strictly higher), MISS beyond k or if excluded: [B]."""
+        scores = self._scores(batch, exclude_history)
+        own = scores.gather(1, batch.targets[:, None])
+        ranks = (scores > own).sum(1)
+        return torch.where((ranks < k) & torch.isfinite(own[:, 0]), ranks, torch.full_like(ranks, MISS))
