@@ -1,11 +1,15 @@
-"""End-to-end benchmark: the default recipe on Amazon Beauty, every stage from scratch, timed.
+"""End-to-end benchmark: the default recipe and the SASRec baseline on Amazon Beauty, every stage from scratch.
 
     GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=100000000000 \
-        python bench/beauty.py [-c configs/beauty.yaml] [overrides ...] [--out bench/results/beauty.json]
+        python bench/beauty.py [-c configs/beauty.yaml] [overrides ...] [--baseline configs/beauty-sasrec.yaml]
+                               [--seeds 0 1 2] [--out bench/results/beauty.json]
 
-Runs prepare, embed, quantize, train and evaluate into a fresh run directory (runs/bench-<recipe name>,
-deleted first), then writes the wall time of each stage, the peak resident memory, and every metric as flat
-keys "{split}/{method}/{metric}@{k}" (split: valid, test) together with the command, machine and versions.
+Runs prepare, embed, quantize, train and evaluate of each recipe into a fresh run directory
+(runs/bench-<recipe name>[-seed<k>], deleted first), then writes the wall time of each stage (of the first
+recipe; the baseline's under "baseline"), the peak resident memory, and every metric of both as flat keys
+"{split}/{method}/{metric}@{k}" (split: valid, test; method: generative, sasrec) together with the command,
+machine and versions. With --seeds, each seed runs both recipes and the metrics become mean, std and values
+(bench/results/beauty_seeds.json).
 """
 
 from __future__ import annotations
@@ -45,16 +49,9 @@ def versions() -> dict:
             "genrec_commit": commit, "tree_modified": dirty}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("-c", "--config", default="configs/beauty.yaml", help="recipe (default configs/beauty.yaml)")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.seed=1")
-    p.add_argument("--out", default="bench/results/beauty.json", help="where to write the JSON result")
-    args = p.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    overrides = [f"run_dir=runs/bench-{Path(args.config).stem}", *args.overrides]
-    cfg = load_config(args.config, overrides)
-    code_versions = versions()  # the code that runs, before anything changes
+def run_recipe(config: str, overrides: list[str]) -> dict:
+    """Every stage of one recipe from scratch in runs/bench-<recipe>[-seed<k>]: wall time per stage, metrics."""
+    cfg = load_config(config, overrides)
     shutil.rmtree(cfg.run_dir, ignore_errors=True)
     wall: dict[str, float] = {}
     last = [time.perf_counter()]
@@ -69,16 +66,70 @@ def main() -> None:
     wall["total"] = round(time.perf_counter() - start, 1)
     results = json.loads((Path(cfg.run_dir) / "evaluate" / "results.json").read_text())
     train = json.loads((Path(cfg.run_dir) / "train" / "summary.json").read_text())
+    print(format_table(results["metrics"], cfg.evaluate.ks))
+    print(f"{config}: wall seconds {wall}", flush=True)
+    return {"config_file": config, "run_dir": str(cfg.run_dir), "seed": cfg.train.seed, "wall_seconds": wall,
+            "metrics": results["metrics"], "omitted": results["omitted"], "train": train, "config": to_dict(cfg)}
+
+
+def summarize(per_seed: list[dict]) -> dict:
+    """mean and (sample) standard deviation of every metric over seeds."""
+    keys = sorted(set.intersection(*(set(r["metrics"]) for r in per_seed)))
+    out = {}
+    for key in keys:
+        values = [r["metrics"][key] for r in per_seed]
+        mean = sum(values) / len(values)
+        std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+        out[key] = {"mean": mean, "std": std, "values": values}
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("-c", "--config", default="configs/beauty.yaml", help="recipe (default configs/beauty.yaml)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.seed=1")
+    p.add_argument("--baseline", default="configs/beauty-sasrec.yaml",
+                   help="recipe run after it, whose metrics join the same JSON ('' to skip)")
+    p.add_argument("--seeds", type=int, nargs="*", default=None,
+                   help="run both recipes once per seed and write mean and std (default: the recipe's seed, once)")
+    p.add_argument("--out", default="", help="JSON result (default bench/results/beauty.json, with --seeds "
+                                             "bench/results/beauty_seeds.json)")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    code_versions = versions()  # the code that runs, before anything changes
+    recipes = [args.config] + ([args.baseline] if args.baseline else [])
+    seeds = args.seeds if args.seeds else [None]
+    runs: list[list[dict]] = []
+    for seed in seeds:
+        row = []
+        for recipe in recipes:
+            overrides = [f"run_dir=runs/bench-{Path(recipe).stem}" + (f"-seed{seed}" if seed is not None else "")]
+            overrides += (args.overrides if recipe == args.config else [])
+            overrides += [f"train.seed={seed}"] if seed is not None else []
+            row.append(run_recipe(recipe, overrides))
+        runs.append(row)
+    head = runs[0][0]
     out = {"command": " ".join([os.path.basename(sys.executable), *sys.argv]),
            "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "machine": machine(), "versions": code_versions,
-           "seed": cfg.train.seed, "wall_seconds": wall,
-           "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-           "metrics": results["metrics"], "omitted": results["omitted"], "train": train,
-           "config": to_dict(cfg)}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2))
-    print(format_table(results["metrics"], cfg.evaluate.ks))
-    print("wall seconds:", wall, "peak RSS MB:", out["peak_rss_mb"])
+           "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if args.seeds:
+        out["seeds"] = seeds
+        out["wall_seconds"] = {r["config_file"]: [row[i]["wall_seconds"] for row in runs] for i, r in enumerate(runs[0])}
+        out["metrics"] = summarize([{"metrics": {k: v for r in row for k, v in r["metrics"].items()}} for row in runs])
+        out["runs"] = runs
+        default = "bench/results/beauty_seeds.json"
+    else:
+        out.update({"seed": head["seed"], "wall_seconds": head["wall_seconds"],
+                    "metrics": {k: v for r in runs[0] for k, v in r["metrics"].items()},
+                    "omitted": {k: v for r in runs[0] for k, v in r["omitted"].items()},
+                    "train": head["train"], "config": head["config"]})
+        if len(runs[0]) > 1:
+            out["baseline"] = {k: runs[0][1][k] for k in ("config_file", "seed", "wall_seconds", "train", "config")}
+        default = "bench/results/beauty.json"
+    path = Path(args.out or default)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2))
+    print(f"wrote {path}; peak RSS MB: {out['peak_rss_mb']}")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,15 @@
 """Decoding benchmark: genrec's batched trie-constrained beam search against Hugging Face T5 `generate`.
 
-    python bench/decode.py [--quick] [--out bench/results/decode.json]
+    python bench/decode.py --model runs/beauty/train/best --run-dir runs/beauty [--quick] [--out ...]
 
-Part 1 (Beauty-shaped): a Tiger of the paper shape (PAPER_SHAPE, as T5 below) on a catalogue of 12,101 items with
-3 levels x 256 codes plus the collision level, decoding users with Beauty-like histories. Measures users/s of
-`beam_search` (KV cache) at beams 10, 20, 100, 1000, of exact full-catalogue scoring (`score_catalog`), and of
-a T5ForConditionalGeneration of the same shape decoding with `generate(num_beams=B, num_return_sequences=B,
-prefix_allowed_tokens_fn=...)` whose prefix function walks a nested Python dict trie. Both models have random
-weights (different ones), so the items differ; what must hold is that both return only catalogue items.
+Part 1 (Beauty-shaped): two model shapes, each beside a T5ForConditionalGeneration of the same layers and widths
+decoding with `generate(num_beams=B, num_return_sequences=B, prefix_allowed_tokens_fn=...)` whose prefix function
+walks a nested Python dict trie, the way public TIGER code decodes: genrec's default recipe (the trained Beauty
+model with --model, else random weights) and the paper's shape (4+4 layers, one encoder token per code, random
+weights). Users/s of `beam_search` (KV cache) at beams 10, 20, 100, 1000 and of exact full-catalogue scoring
+(`score_catalog`), on Beauty-like histories. The weights differ between the two sides, so the items differ; what
+must hold is that both return only catalogue items. With --run-dir, the run's full evaluation (valid and test,
+every user, Recall/NDCG up to 1000) is timed as the evaluator runs it, in float32 and bfloat16.
 
 Part 2 (scale): uniform random 4-level semantic IDs for 100k, 1M and 10M items (duplicates dropped): trie build
 time and memory, and beam-20 latency at batch 1 and batch 256.
@@ -38,7 +40,7 @@ from genrec.tiger import Batch, Tiger
 from genrec.trie import build_trie
 
 # The paper's model shape, for the side-by-side with T5; genrec's default recipe (ModelConfig()) is measured too.
-PAPER_SHAPE = ModelConfig(decoder_layers=4, item_tokens="codes", causal_encoder=False)
+PAPER_SHAPE = ModelConfig(decoder_layers=4, item_tokens="codes", causal_encoder=False, trie_softmax=False)
 BEAUTY_ITEMS, BEAUTY_USERS = 12_101, 22_363  # users evaluated on each of the valid and test splits
 BEAMS = (10, 20, 100, 1000)
 MAX_HISTORY = 20
@@ -148,8 +150,10 @@ def dict_trie(tokens: np.ndarray) -> dict:
     return root
 
 
-def hf_decoder(model, tokens: np.ndarray, hist: np.ndarray, beam: int):
-    """(run, to_items) for `measure`: generate over users' code-token histories, one call per batch."""
+def hf_decoder(model, tokens: np.ndarray, hist: np.ndarray, beam: int, item_tokens: str = "codes"):
+    """(run, to_items) for `measure`: generate over users' histories, one call per batch. item_tokens "codes":
+    one encoder token per code (input_ids); "sum": one per item, the sum of its codes' T5 embeddings
+    (inputs_embeds), as genrec's default recipe feeds its encoder."""
     root, C = dict_trie(tokens), tokens.shape[1]
     sid_item = {tuple(r): i for i, r in enumerate(tokens.tolist())}
 
@@ -162,10 +166,14 @@ def hf_decoder(model, tokens: np.ndarray, hist: np.ndarray, beam: int):
     def run(lo: int, hi: int) -> torch.Tensor:
         h = hist[lo:hi]
         h = h[:, -int((h >= 0).sum(1).max()):]
+        kw = dict(num_beams=beam, num_return_sequences=beam, max_new_tokens=C, do_sample=False,
+                  prefix_allowed_tokens_fn=allowed)
+        if item_tokens == "sum":
+            emb = model.get_input_embeddings()(torch.from_numpy(tokens[h.clip(0)])).sum(2)  # [b, T, D]
+            return model.generate(inputs_embeds=emb, attention_mask=torch.from_numpy(h >= 0), **kw)
         ids = np.where(h[..., None] >= 0, tokens[h.clip(0)], 0).reshape(len(h), -1)  # [b, T*C], left-padded
         ids = torch.from_numpy(ids)
-        return model.generate(input_ids=ids, attention_mask=ids > 0, num_beams=beam, num_return_sequences=beam,
-                              max_new_tokens=C, do_sample=False, prefix_allowed_tokens_fn=allowed)
+        return model.generate(input_ids=ids, attention_mask=ids > 0, **kw)
 
     def to_items(seqs: torch.Tensor) -> np.ndarray:
         return np.array([sid_item.get(tuple(s[1 : 1 + C]), -1) for s in seqs.tolist()])
@@ -175,11 +183,13 @@ def hf_decoder(model, tokens: np.ndarray, hist: np.ndarray, beam: int):
 
 # ---- part 1: Beauty-shaped decoding -------------------------------------------------------------------------
 def beauty(args: argparse.Namespace, rng: np.random.Generator, q: int) -> tuple[dict, dict, list[str]]:
+    """Both shapes side by side: genrec's default recipe (the trained model with --model) and the paper's, each
+    against a T5 of the same widths, depths and encoder tokens."""
     notes = []
     if args.model:
         model = load_model(Path(args.model)).eval()
         codes = model.item_codes.numpy()
-        notes.append(f"genrec model loaded from {args.model}, with its own semantic IDs ({len(codes)} items)")
+        notes.append(f"default shape: the trained model {args.model}, with its own semantic IDs ({len(codes)} items)")
     else:
         if args.codes:
             codes = np.load(args.codes).astype(np.int64)
@@ -188,25 +198,28 @@ def beauty(args: argparse.Namespace, rng: np.random.Generator, q: int) -> tuple[
             codes = skewed_codes(rng, BEAUTY_ITEMS)
         sizes = [256] * (codes.shape[1] - 1) + [int(codes[:, -1].max()) + 1]
         torch.manual_seed(args.seed)
-        model = Tiger(cfg=PAPER_SHAPE, item_codes=torch.from_numpy(codes), level_sizes=sizes,
+        model = Tiger(cfg=ModelConfig(), item_codes=torch.from_numpy(codes), level_sizes=sizes,
                       max_history=MAX_HISTORY).eval()
+        notes.append("default shape: ModelConfig() with random weights")
     sizes, N = model.level_sizes, len(codes)
     torch.manual_seed(args.seed)
-    default_model = Tiger(cfg=ModelConfig(), item_codes=torch.from_numpy(codes), level_sizes=sizes,
-                          max_history=MAX_HISTORY).eval()
+    paper = Tiger(cfg=PAPER_SHAPE, item_codes=torch.from_numpy(codes), level_sizes=sizes,
+                  max_history=MAX_HISTORY).eval()
     trie = build_trie(codes)
     tokens = SPECIALS + codes + np.cumsum([0] + sizes[:-1])  # [N, C] T5 token ids
-    hf = hf_model(sizes, model.cfg, args.seed)
     n_max = max(v[q] for v in (*GENREC_USERS.values(), *HF_USERS.values(), EXACT_USERS))
     hist = histories(rng, n_max, N)
-    buckets = model.cfg.num_user_buckets
     data = {"items": N, "level_sizes": sizes, "trie_max_children": trie.max_children,
+            "trie_nodes": [trie.num_nodes(d) for d in range(trie.depth + 1)],
             "history_len_median": float(np.median((hist >= 0).sum(1))),
-            "history_len_mean": float((hist >= 0).sum(1).mean())}
+            "history_len_mean": float((hist >= 0).sum(1).mean()),
+            "default_shape": {k: v for k, v in model.cfg.__dict__.items()}}
     print(f"catalogue {N} items, level sizes {sizes}, trie max children {trie.max_children}; "
           f"history length median {data['history_len_median']:.0f}, mean {data['history_len_mean']:.1f}")
 
-    def genrec_run(beam: int, net: Tiger = model):
+    def genrec_run(beam: int, net: Tiger):
+        buckets = net.cfg.num_user_buckets
+
         def run(lo: int, hi: int) -> torch.Tensor:
             return beam_search(net, make_batch(hist[lo:hi], buckets), trie, beam_size=beam, use_kv_cache=True).items
         return run
@@ -218,41 +231,62 @@ def beauty(args: argparse.Namespace, rng: np.random.Generator, q: int) -> tuple[
         ok[ok] = in_trie  # also check the item's semantic ID is a complete path of the trie
         return np.where(ok, items, -1)
 
-    results: dict = {"genrec": {}, "hf_generate": {}, "genrec_exact": {}, "genrec_default_shape": {}}
+    results: dict = {}
     with torch.no_grad():
-        beam_search(model, make_batch(hist[:8], buckets), trie, beam_size=10)  # warm-up
-        hf_decoder(hf, tokens, hist, 10)[0](0, 4)
-        for beam in BEAMS:
-            r = measure(genrec_run(beam), genrec_items, GENREC_USERS[beam][q], GENREC_BATCH[beam], beam)
-            results["genrec"][beam] = r
-            print(f"  genrec      beam {beam:5d}: {r['users_per_s']:9.1f} users/s  ({r['users']} users, "
-                  f"batch {r['batch']}, {r['seconds']:.1f}s, peak RSS {r['peak_rss_mb']} MB)", flush=True)
-        for beam in BEAMS:
-            r = measure(genrec_run(beam, default_model), genrec_items, GENREC_USERS[beam][q], GENREC_BATCH[beam], beam)
-            results["genrec_default_shape"][beam] = r
-            print(f"  genrec (default recipe shape) beam {beam:5d}: {r['users_per_s']:9.1f} users/s  ({r['users']} "
-                  f"users, batch {r['batch']}, {r['seconds']:.1f}s)", flush=True)
-        for beam in BEAMS:
-            run, to_items = hf_decoder(hf, tokens, hist, beam)
-            batch = max(1, min(256, HF_MAX_ROWS // beam))
-            r = measure(run, to_items, HF_USERS[beam][q], batch, beam)
-            results["hf_generate"][beam] = r
-            print(f"  hf_generate beam {beam:5d}: {r['users_per_s']:9.1f} users/s  ({r['users']} users, "
-                  f"batch {r['batch']}, {r['seconds']:.1f}s, peak RSS {r['peak_rss_mb']} MB)", flush=True)
+        for shape, net in (("", model), ("_paper_shape", paper)):
+            hf = hf_model(sizes, net.cfg, args.seed)
+            beam_search(net, make_batch(hist[:8], net.cfg.num_user_buckets), trie, beam_size=10)  # warm-up
+            hf_decoder(hf, tokens, hist, 10, net.cfg.item_tokens)[0](0, 4)
+            for beam in BEAMS:
+                r = measure(genrec_run(beam, net), genrec_items, GENREC_USERS[beam][q], GENREC_BATCH[beam], beam)
+                results.setdefault("genrec" + shape, {})[beam] = r
+                print(f"  genrec{shape:<13} beam {beam:5d}: {r['users_per_s']:9.1f} users/s  ({r['users']} users, "
+                      f"batch {r['batch']}, {r['seconds']:.1f}s, peak RSS {r['peak_rss_mb']} MB)", flush=True)
+            for beam in BEAMS:
+                run, to_items = hf_decoder(hf, tokens, hist, beam, net.cfg.item_tokens)
+                batch = max(1, min(256, HF_MAX_ROWS // beam))
+                r = measure(run, to_items, HF_USERS[beam][q], batch, beam)
+                results.setdefault("hf_generate" + shape, {})[beam] = r
+                print(f"  hf_generate{shape:<8} beam {beam:5d}: {r['users_per_s']:9.1f} users/s  ({r['users']} users, "
+                      f"batch {r['batch']}, {r['seconds']:.1f}s, peak RSS {r['peak_rss_mb']} MB)", flush=True)
         n_exact, eb = EXACT_USERS[q], min(EXACT_BATCH, EXACT_USERS[q])
         rss_before = rss_mb("VmRSS")
         reset_peak_rss()
         start = time.perf_counter()
         for lo in range(0, n_exact, eb):
-            scores = score_catalog(model, make_batch(hist[lo : min(lo + eb, n_exact)], buckets), trie)
+            scores = score_catalog(model, make_batch(hist[lo : min(lo + eb, n_exact)], model.cfg.num_user_buckets),
+                                   trie)
         seconds = time.perf_counter() - start
         assert scores.shape[1] == N and bool(torch.isfinite(scores).all())
-        results["genrec_exact"]["all"] = {"users": n_exact, "batch": eb, "seconds": seconds,
-                                          "users_per_s": n_exact / seconds,
-                                          "rss_before_mb": round(rss_before), "peak_rss_mb": round(rss_mb())}
+        results["genrec_exact"] = {"all": {"users": n_exact, "batch": eb, "seconds": seconds,
+                                           "users_per_s": n_exact / seconds,
+                                           "rss_before_mb": round(rss_before), "peak_rss_mb": round(rss_mb())}}
         print(f"  genrec_exact (all {N} items): {n_exact / seconds:9.2f} users/s  ({n_exact} users, {seconds:.1f}s)")
     data["runs"] = results
     return data, results, notes
+
+
+def beauty_evaluation(run_dir: Path, beam: int, dtype: str) -> dict:
+    """The real thing: `genrec evaluate`'s evaluation of a trained run, valid and test, every user, timed."""
+    from genrec.config import load_config
+    from genrec.evaluate import evaluate_split
+    from genrec.workspace import load_workspace
+
+    cfg = load_config(run_dir / "config.yaml", [])
+    ws = load_workspace(cfg, run_dir)
+    model = load_model(run_dir / "train" / "best").eval()
+    out: dict = {"run_dir": str(run_dir), "beam_size": beam, "dtype": dtype, "seconds": {}, "metrics": {}}
+    for split, eval_set in (("valid", ws.split.valid), ("test", ws.split.test)):
+        r = evaluate_split(model, eval_set, ws.user_bucket, split=split, beam_size=beam, ks=(5, 10, 20, 100, 1000),
+                           batch_size=cfg.evaluate.batch_size, exclude_history=cfg.evaluate.exclude_history,
+                           dtype=dtype)
+        out["seconds"][split], out["users_" + split] = r.seconds, r.users
+        out["metrics"].update(r.metrics)
+        print(f"  {split}: {r.users} users in {r.seconds:.1f} s (beam {beam}, {dtype}); recall@10 "
+              f"{r.metrics[f'{split}/generative/recall@10']:.4f}, recall@1000 "
+              f"{r.metrics.get(f'{split}/generative/recall@1000', float('nan')):.4f}", flush=True)
+    out["seconds"]["total"] = sum(out["seconds"].values())
+    return out
 
 
 # ---- part 2: scale -----------------------------------------------------------------------------------------
@@ -327,6 +361,8 @@ def main() -> None:
     parser.add_argument("--codes", default="", help="codes_with_suffix.npy to use instead of synthetic IDs")
     parser.add_argument("--seed", type=int, default=0, help="seed of codes, histories and random weights")
     parser.add_argument("--skip-scale", action="store_true", help="run part 1 only")
+    parser.add_argument("--run-dir", default="", help="a trained run directory: time its full evaluation too")
+    parser.add_argument("--eval-beam", type=int, default=1000, help="beam of the timed full evaluation")
     args = parser.parse_args()
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     q = 1 if args.quick else 0
@@ -339,44 +375,48 @@ def main() -> None:
     data, runs, notes = beauty(args, rng, q)
     users_per_s = {m: {str(b): r["users_per_s"] for b, r in v.items()} for m, v in runs.items()}
     speedup = {str(b): users_per_s["genrec"][str(b)] / users_per_s["hf_generate"][str(b)] for b in BEAMS}
+    speedup_paper = {str(b): users_per_s["genrec_paper_shape"][str(b)] / users_per_s["hf_generate_paper_shape"][str(b)]
+                     for b in BEAMS}
     eval_users = 2 * BEAUTY_USERS
-    beauty_eval = {f"beam_{b}": eval_users / users_per_s["genrec"][str(b)] for b in (20, 100, 1000)}
-    beauty_eval.update({f"default_shape_beam_{b}": eval_users / users_per_s["genrec_default_shape"][str(b)]
-                        for b in (20, 100, 1000)})
-    beauty_eval["default_beam"] = 100
-    beauty_eval["hf_generate_beam_100"] = eval_users / users_per_s["hf_generate"]["100"]
-    beauty_eval["exact"] = eval_users / users_per_s["genrec_exact"]["all"]
-    print(f"\n{'beam':>6} {'genrec u/s':>11} {'hf u/s':>9} {'speedup':>8} {'genrec valid':>13} {'hf valid':>9}")
+    projected = {f"beam_{b}": eval_users / users_per_s["genrec"][str(b)] for b in BEAMS}
+    projected["exact"] = eval_users / users_per_s["genrec_exact"]["all"]
+    print(f"\n{'beam':>6} {'genrec u/s':>11} {'hf u/s':>9} {'speedup':>8} {'paper-shape genrec':>19} {'hf':>7} "
+          f"{'speedup':>8}   valid items")
+    ok = lambda r: r["invalid"] == 0 and r["users_with_duplicates"] == 0  # noqa: E731
     for b in BEAMS:
         g, h = runs["genrec"][b], runs["hf_generate"][b]
-        ok = lambda r: "yes" if r["invalid"] == 0 and r["users_with_duplicates"] == 0 else "NO"  # noqa: E731
-        print(f"{b:6d} {g['users_per_s']:11.1f} {h['users_per_s']:9.2f} {speedup[str(b)]:7.1f}x {ok(g):>13} {ok(h):>9}")
+        gp, hp = runs["genrec_paper_shape"][b], runs["hf_generate_paper_shape"][b]
+        valid = "yes" if all(ok(r) for r in (g, h, gp, hp)) else "NO"
+        print(f"{b:6d} {g['users_per_s']:11.1f} {h['users_per_s']:9.2f} {speedup[str(b)]:7.1f}x "
+              f"{gp['users_per_s']:19.1f} {hp['users_per_s']:7.2f} {speedup_paper[str(b)]:7.1f}x   {valid}")
     print(f"exact scoring: {users_per_s['genrec_exact']['all']:.2f} users/s")
-    print("projected full Beauty evaluation (valid + test, 44,726 users), decoding only: "
-          + ", ".join(f"{k} {v / 60:.1f} min" for k, v in beauty_eval.items() if k != "default_beam"))
-
+    beauty_eval: dict = {"projected_from_users_per_s": projected}
+    if args.run_dir:
+        print(f"\n== Full Beauty evaluation of {args.run_dir}: valid + test, every user ==")
+        for dtype in ("float32", "bfloat16"):
+            r = beauty_evaluation(Path(args.run_dir), args.eval_beam, dtype)
+            beauty_eval[dtype] = r
+        beauty_eval["total"] = min(beauty_eval[d]["seconds"]["total"] for d in ("float32", "bfloat16"))
     validity = {m: {str(b): {k: r[k] for k in ("returned", "invalid", "users_with_duplicates")}
-                    for b, r in runs[m].items()} for m in ("genrec", "hf_generate")}
+                    for b, r in runs[m].items()} for m in runs if m != "genrec_exact"}
     g1000, ex = runs["genrec"][1000], runs["genrec_exact"]["all"]
     notes += [
-        "genrec: beam_search(use_kv_cache=True); hf_generate: T5ForConditionalGeneration.generate with num_beams=B, "
-        "num_return_sequences=B, max_new_tokens=levels and a prefix_allowed_tokens_fn walking nested dicts; both "
-        "with random weights (different ones), so only validity is compared, not the items",
-        f"genrec batch {g1000['batch']} at beam 1000 ({GENREC_BATCH[100]} below unless fewer users): its decoder self-attention cache is "
-        "[B*W, H, t, E] fp32 per layer, gathered (copied) after every level, and the old and new caches are alive "
-        "together (~90 MB per user at W=1000, so B=256 would need ~25 GB); measured at beam 1000: RSS "
-        f"{g1000['rss_before_mb']} MB before, peak {g1000['peak_rss_mb']} MB at batch {g1000['batch']}",
-        f"score_catalog walks the trie depth first in chunks of nodes: batch {ex['batch']}, RSS "
-        f"{ex['rss_before_mb']} MB before, peak {ex['peak_rss_mb']} MB",
-        "genrec_default_shape: the default recipe's model (ModelConfig(): causal encoder, one token per item, "
-        "one decoder layer), same codes and histories, random weights",
+        "genrec: beam_search(use_kv_cache=True) returning the items; hf_generate: T5ForConditionalGeneration.generate "
+        "with num_beams=B, num_return_sequences=B, max_new_tokens=levels and a prefix_allowed_tokens_fn walking "
+        "nested dicts; every returned item of both is checked to be a catalogue item, once per user",
+        "shapes: the default one is genrec's default recipe (4 encoder layers over one token per item, 1 decoder "
+        "layer, d_model 128, 6 heads x 64, d_ff 1024); its T5 gets the same layers and widths and one encoder token "
+        "per item (inputs_embeds = sum of the item's code embeddings). The paper shape is 4+4 layers over one token "
+        "per code (80 tokens for 20 items), random weights for both, full softmax",
+        f"genrec batch {g1000['batch']} at beam 1000: RSS {g1000['rss_before_mb']} MB before, peak "
+        f"{g1000['peak_rss_mb']} MB",
+        f"score_catalog: batch {ex['batch']}, RSS {ex['rss_before_mb']} MB before, peak {ex['peak_rss_mb']} MB",
         f"hf_generate batch = min(256, {HF_MAX_ROWS} // beam): generate copies encoder outputs and the "
-        "cross-attention cache per beam (~1 MB per beam for 80 history tokens)",
-        "peak RSS is the process high-water mark during one measurement; freed memory the allocator kept is "
-        "reused without raising it, so peak minus the RSS before is a lower bound of the working memory",
-        "T5 has relative position buckets and a ReLU feed-forward; Tiger has learned positions, GELU and a user "
-        "token; genrec and T5 have the same widths and depths (d_model 128, 6 heads x 64, d_ff 1024, 4+4 layers)",
-        "beauty_eval_seconds: 2 x 22,363 users / measured users/s, decoding only (no metric computation)",
+        "cross-attention cache per beam",
+        "T5 has relative position buckets and a ReLU feed-forward; Tiger has learned positions, GELU and a user token",
+        "beauty_eval_seconds: float32 / bfloat16 are measured runs of the evaluator (evaluate_split over valid and "
+        "test, every user, k up to 1000, target ranks by pruned beam search, exclude_history as the run's config); "
+        "total is the faster; projected_from_users_per_s divides 2 x 22,363 users by the beam-search rates above",
         "scale: uniform random 4 x 256 codes, duplicates dropped; Tiger vocabulary 4 x 256; latency_ms_batch1 is the "
         "median of single-user calls (a loaded machine stalls multi-threaded small ops: see the mean)",
     ]
@@ -385,11 +425,12 @@ def main() -> None:
         "machine": machine, "versions": versions,
         "settings": {"quick": args.quick, "seed": args.seed, "beams": list(BEAMS),
                      **{f"{m}_{k}": {b: r[k] for b, r in runs[m].items()} for m in runs for k in ("batch", "users")},
-                     "model": args.model or "random weights, paper shape (PAPER_SHAPE)",
-                     "codes": args.codes or "synthetic skewed 3 x 256 + collision level",
+                     "model": args.model or "random weights, default shape",
+                     "codes": args.codes or ("the model's" if args.model else "synthetic skewed 3 x 256 + collision"),
                      "scale_items": list(SCALE_ITEMS[q]) if not args.skip_scale else [],
                      "scale_batch1_users": SCALE_BATCH1_USERS[q], "scale_batch256_batches": SCALE_BATCH256_BATCHES[q]},
-        "beauty": data, "users_per_s": users_per_s, "speedup_vs_hf": speedup, "validity": validity,
+        "beauty": data, "users_per_s": users_per_s, "speedup_vs_hf": speedup,
+        "speedup_vs_hf_paper_shape": speedup_paper, "validity": validity,
         "beauty_eval_seconds": beauty_eval, "scale": [], "notes": notes,
     }
     if not args.skip_scale:
