@@ -259,9 +259,10 @@ class Tiger(nn.Module):
 
     # ---- decoding without a KV cache (one decoder layer) -----------------------------------------------------
     # With a single decoder layer, self-attention reads only the code tokens, so its output at the last position
-    # of a prefix is the same for every user: a property of the trie node. It is computed once per node (a table
-    # per depth, while the depth has at most NODE_TABLE_MAX nodes), and a decoding step is then cross-attention
-    # and the feed-forward alone, for any subset of beams, with no cache to gather or grow.
+    # of a prefix is the same for every user: a property of the trie node. It is computed once per node, when a
+    # beam first needs it (kept in a table per depth while the depth has at most NODE_TABLE_MAX nodes), and a
+    # decoding step is then cross-attention and the feed-forward alone, for any subset of beams, with no cache
+    # to gather or grow.
     NODE_TABLE_MAX = 500_000
 
     @property
@@ -274,19 +275,24 @@ class Tiger(nn.Module):
         return x[:, 0, -1]
 
     def node_states(self, trie: Trie, depth: int, nodes: Tensor) -> Tensor:
-        """Self-attention states of depth-`depth` trie nodes [...] -> [..., D], from the depth's table."""
-        table = None
-        if trie.num_nodes(depth) <= self.NODE_TABLE_MAX:
-            key = (id(trie), tuple((p.data_ptr(), p._version) for p in self.parameters()), self.training)
-            tables = self.__dict__.setdefault("_node_states", {})
-            if depth not in tables or tables[depth][0] != key:
-                tables[depth] = (key, torch.cat([
-                    self.prefix_states(trie.prefix_codes(depth, chunk))
-                    for chunk in torch.arange(trie.num_nodes(depth), device=nodes.device).split(65536)]))
-            table = tables[depth][1]
-        if table is not None:
-            return table[nodes]
-        return self.prefix_states(trie.prefix_codes(depth, nodes.flatten())).view(*nodes.shape, -1)
+        """Self-attention states of depth-`depth` trie nodes [...] -> [..., D]. Each node's state is computed the
+        first time a beam needs it and kept (per depth, while the weights, trie and autocast state are unchanged)."""
+        if trie.num_nodes(depth) > self.NODE_TABLE_MAX:
+            return self.prefix_states(trie.prefix_codes(depth, nodes.flatten())).view(*nodes.shape, -1)
+        key = (id(trie), tuple((p.data_ptr(), p._version) for p in self.parameters()), self.training,
+               torch.is_autocast_enabled(nodes.device.type))
+        tables = self.__dict__.setdefault("_node_states", {})
+        if depth not in tables or tables[depth][0] != key:
+            n = trie.num_nodes(depth)
+            tables[depth] = (key, torch.empty(n, self.cfg.d_model, device=nodes.device),
+                             torch.zeros(n, dtype=torch.bool, device=nodes.device))
+        _, table, done = tables[depth]
+        flat = nodes.flatten()
+        missing = flat[~done[flat]].unique()
+        if missing.numel():
+            table[missing] = self.prefix_states(trie.prefix_codes(depth, missing)).float()
+            done[missing] = True
+        return table[nodes]
 
     def decode_states(self, states: Tensor, memory: Memory) -> Tensor:
         """Self-attention states [B, W, D] -> final decoder hidden states [B, W, D] (one decoder layer)."""
