@@ -47,54 +47,42 @@ def _history_hits(items: Tensor, history: Tensor) -> Tensor:
     return hits & (items >= 0)
 
 
-def _inputs(model: Tiger, prefix: Tensor, start: int) -> Tensor:
-    return model.decoder_inputs(prefix, start)
-
-
-def _cacheless_log_probs(model: Tiger, memory: Memory, trie: Trie, d: int, nodes: Tensor, code: Tensor,
-                         valid: Tensor, live: Tensor) -> Tensor:
-    """log p(child) [B, W, M] for depth-d `nodes` [B, W] of a one-decoder-layer model: each beam that needs a
-    step (every live one; with `trie_softmax` only those with several children) is decoded from its node's
-    self-attention state, independently of the others."""
-    needs = valid.sum(-1) > 1 if model.cfg.trie_softmax else torch.ones_like(live)
-    needs &= live
-    logp = torch.zeros(code.shape, device=code.device).masked_fill(~valid, NEG_INF)  # one child: log 1 = 0
+def _subset_log_probs(model: Tiger, d: int, code: Tensor, valid: Tensor, needs: Tensor, decode) -> Tensor:
+    """log p(child) [B, W, M] where only the beams in `needs` [B, W] are decoded (`decode(sel)`: the last hidden
+    state [B, W', D] of beams sel [B, W']); every other valid child is an only child: log 1 = 0."""
+    logp = torch.zeros(code.shape, device=code.device).masked_fill(~valid, NEG_INF)
     width = int(needs.sum(1).max())
     if width == 0:
         return logp
     sel = torch.sort(needs.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :width]  # [B, W']
-    hidden = model.decode_states(model.node_states(trie, d, nodes.gather(1, sel)), memory)  # [B, W', D]
     idx = sel[..., None].expand(-1, -1, code.shape[-1])  # [B, W', M]
-    lp = model.child_log_probs(hidden, d, code.gather(1, idx), valid.gather(1, idx))
+    lp = model.child_log_probs(decode(sel), d, code.gather(1, idx), valid.gather(1, idx))
     keep = needs.gather(1, sel)[..., None]  # padding slots (users with fewer such beams) keep their values
     return logp.scatter_(1, idx, torch.where(keep, lp, logp.gather(1, idx)))
 
 
-def _child_log_probs(model: Tiger, memory, cache, cached: int, prefix: Tensor, d: int, code: Tensor,
-                     valid: Tensor, live: Tensor) -> tuple[Tensor, list | None, int]:
-    """log p(child | prefix) [B, W, M] for the depth-d nodes reached by `prefix` [B, W, d], and the cache.
+def _expand(model: Tiger, memory: Memory, trie: Trie, d: int, nodes: Tensor, prefix: Tensor, cache, cached: int,
+            code: Tensor, valid: Tensor, live: Tensor) -> tuple[Tensor, list | None, int]:
+    """log p(child | prefix) [B, W, M] for the depth-d `nodes` [B, W] reached by `prefix` [B, W, d], and the cache.
 
-    `cache` holds every beam's decoder self-attention keys/values for positions < `cached`. With the full
-    softmax every beam needs a decoder step. With `trie_softmax` a node with one child gives it probability 1
-    without one; when most beams have several children all beams are decoded (and the cache grows to d + 1),
-    otherwise only those beams are, each feeding its positions cached..d against the shared cache."""
-    needs = valid.sum(-1) > 1 if model.cfg.trie_softmax else torch.ones_like(live)
-    needs &= live
+    A beam needs a decoder step if it is live and (with `trie_softmax`) its node has several children; an only
+    child has probability 1. One decoder layer: the needed beams are decoded from their nodes' self-attention
+    states, with no cache. Deeper decoders: `cache` holds every beam's self-attention keys/values for positions
+    < `cached`; when most beams need a step all are decoded (and the cache grows to d + 1), otherwise only
+    those, each feeding its positions cached..d against the shared cache."""
+    needs = (valid.sum(-1) > 1 if model.cfg.trie_softmax else torch.ones_like(live)) & live
+    if model.cacheless:
+        return _subset_log_probs(model, d, code, valid, needs, lambda sel: model.decode_states(
+            model.node_states(trie, d, nodes.gather(1, sel)), memory)), cache, cached
     if not model.cfg.trie_softmax or 2 * int(needs.sum()) > int(live.sum()):
-        hidden, cache = model.decode(_inputs(model, prefix, cached), memory, cache)
+        hidden, cache = model.decode(model.decoder_inputs(prefix, cached), memory, cache)
         return model.child_log_probs(hidden[:, :, -1], d, code, valid), cache, d + 1
-    logp = torch.zeros(code.shape, device=code.device).masked_fill(~valid, NEG_INF)  # one child: log 1 = 0
-    width = int(needs.sum(1).max())
-    if width == 0:
-        return logp, cache, cached
-    sel = torch.sort(needs.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :width]  # [B, W']
-    hidden, _ = model.decode(_inputs(model, prefix.gather(1, sel[..., None].expand(-1, -1, d)), cached), memory,
-                             None if cache is None else _reorder(cache, sel))
-    idx = sel[..., None].expand(-1, -1, code.shape[-1])  # [B, W', M]
-    lp = model.child_log_probs(hidden[:, :, -1], d, code.gather(1, idx), valid.gather(1, idx))
-    keep = needs.gather(1, sel)[..., None]  # padding slots (users with fewer such beams) keep their values
-    logp.scatter_(1, idx, torch.where(keep, lp, logp.gather(1, idx)))
-    return logp, cache, cached
+
+    def decode(sel: Tensor) -> Tensor:
+        x = model.decoder_inputs(prefix.gather(1, sel[..., None].expand(-1, -1, d)), cached)
+        return model.decode(x, memory, None if cache is None else _reorder(cache, sel))[0][:, :, -1]
+
+    return _subset_log_probs(model, d, code, valid, needs, decode), cache, cached
 
 
 @torch.no_grad()
@@ -115,12 +103,10 @@ def beam_search(
         code = trie.node_code[d][child]  # [B, W, M]
         live = torch.isfinite(scores)
         valid = valid & live[..., None]
-        if use_kv_cache and model.cacheless:
-            logp = _cacheless_log_probs(model, memory, trie, d, nodes, code, valid, live)
-        elif use_kv_cache:
-            logp, cache, cached = _child_log_probs(model, memory, cache, cached, prefix, d, code, valid, live)
+        if use_kv_cache:
+            logp, cache, cached = _expand(model, memory, trie, d, nodes, prefix, cache, cached, code, valid, live)
         else:  # reference path: every beam's whole prefix decoded from scratch
-            hidden, _ = model.decode(_inputs(model, prefix, 0), memory)
+            hidden, _ = model.decode(model.decoder_inputs(prefix, 0), memory)
             logp = model.child_log_probs(hidden[:, :, -1], d, code, valid)
         cand = (scores[..., None] + logp).masked_fill(~valid, NEG_INF)  # [B, W, M]
         if exclude_history and d == trie.depth - 1:
@@ -150,7 +136,7 @@ def target_scores(model: Tiger, memory: Memory, targets: Tensor, trie: Trie) -> 
     """Teacher-forced log p(target | history) [B], summed over levels as beam search sums them."""
     codes = model.item_codes[targets]  # [B, C]
     path = trie.paths(targets)  # [B, C]
-    hidden, _ = model.decode(_inputs(model, codes[:, None, :-1], 0), memory)  # [B, 1, C, D]
+    hidden, _ = model.decode(model.decoder_inputs(codes[:, None, :-1]), memory)  # [B, 1, C, D]
     total = torch.zeros(targets.shape[0], device=targets.device)
     for d in range(trie.depth):
         child, valid = trie.children(d, path[:, d : d + 1])  # [B, 1, M]
@@ -203,10 +189,7 @@ def beam_ranks(model: Tiger, batch: Batch, trie: Trie, *, beam_size: int, exclud
         code = trie.node_code[d][child]
         live = torch.isfinite(scores)
         valid = valid & live[..., None]
-        if model.cacheless:
-            logp = _cacheless_log_probs(model, memory, trie, d, nodes, code, valid, live)
-        else:
-            logp, cache, cached = _child_log_probs(model, memory, cache, cached, prefix, d, code, valid, live)
+        logp, cache, cached = _expand(model, memory, trie, d, nodes, prefix, cache, cached, code, valid, live)
         cand = (scores[..., None] + logp).masked_fill(~valid, NEG_INF)
         own = child == path[:, d + 1, None, None]  # the target's prefix one level down
         cand = cand.masked_fill((cand < floor[:, None, None]) & ~own, NEG_INF)
