@@ -130,6 +130,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench/results/rqkmeans.json")
     args = p.parse_args()
+    if min(args.items, args.pick_items) < 256 or args.dim < 1 or args.pick_iters < 1:
+        p.error("--items and --pick-items need at least 256 rows (k = 256), --dim and --pick-iters at least 1")
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
