@@ -4,7 +4,7 @@
         python bench/beauty.py [-c configs/beauty.yaml] [overrides ...] [--baseline configs/beauty-sasrec.yaml]
                                [--seeds 0 1 2] [--out bench/results/beauty.json]
 
-Runs prepare, embed, quantize, train and evaluate of each recipe into a fresh run directory
+Runs every stage (prepare, embed, collab, quantize, train, evaluate) of each recipe into a fresh run directory
 (runs/bench-<recipe name>[-seed<k>], deleted first), then writes the wall time of each stage (of the first
 recipe; the baseline's under "baseline"), the peak resident memory, and every metric of both as flat keys
 "{split}/{method}/{metric}@{k}" (split: valid, test; method: generative, sasrec) together with the command,
@@ -105,7 +105,8 @@ def main() -> None:
         for recipe in recipes:
             overrides = [f"run_dir=runs/bench-{Path(recipe).stem}" + (f"-seed{seed}" if seed is not None else "")]
             overrides += (args.overrides if recipe == args.config else [])
-            overrides += [f"train.seed={seed}"] if seed is not None else []
+            # a seed drives every random choice of the pipeline: the collaborative model, k-means and TIGER
+            overrides += [f"{s}.seed={seed}" for s in ("collab", "quantize", "train")] if seed is not None else []
             row.append(run_recipe(recipe, overrides))
         runs.append(row)
     head = runs[0][0]

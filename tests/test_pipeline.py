@@ -17,7 +17,7 @@ from conftest import REPO, TINY
 
 def stamp_ids(run_dir) -> dict[str, str]:
     return {s: json.loads((run_dir / s / "stage.json").read_text())["id"]
-            for s in ("prepare", "embed", "quantize", "train", "evaluate")}
+            for s in ("prepare", "embed", "collab", "quantize", "train", "evaluate")}
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,9 @@ def test_run_writes_every_artifact_and_metrics(finished_run, capsys):
     run_dir, _ = finished_run
     for path in ["config.yaml", "prepare/items.jsonl", "prepare/sequences.npz", "prepare/stats.json",
                  "embed/item_embeddings_raw.npy", "embed/item_embeddings_l2norm.npy", "embed/item_ids.json",
-                 "embed/embedding_stats.json", "quantize/codes.npy", "quantize/codes_with_suffix.npy",
+                 "embed/embedding_stats.json", "collab/item_embeddings_raw.npy", "collab/item_embeddings_l2norm.npy",
+                 "collab/item_ids.json", "collab/summary.json", "collab/sasrec/best/model.safetensors",
+                 "quantize/codes.npy", "quantize/codes_with_suffix.npy",
                  "quantize/centroids_0.npy", "quantize/summary.json", "train/best/config.json",
                  "train/best/model.safetensors", "train/log.jsonl", "evaluate/results.json"]:
         assert (run_dir / path).exists(), path
@@ -60,12 +62,42 @@ def test_second_run_skips_everything_and_changes_rerun_downstream(finished_run, 
     assert stamp_ids(copy) == before
     assert main(["run", "-c", str(TINY), *overrides, "evaluate.beam_size=10", "evaluate.ks=[5,10]"]) == 0
     after = stamp_ids(copy)
-    assert [after[s] == before[s] for s in before] == [True, True, True, True, False]
+    assert [after[s] == before[s] for s in before] == [True, True, True, True, True, False]
+    assert main(["run", "-c", str(TINY), *overrides, "collab.max_steps=40"]) == 0
+    after = stamp_ids(copy)
+    assert [after[s] == before[s] for s in before] == [True, True, False, False, False, False]
+    before = after
     assert main(["quantize", "-c", str(TINY), *overrides, "--force"]) == 0
     assert stamp_ids(copy)["quantize"] != before["quantize"]
     assert main(["run", "-c", str(TINY), *overrides]) == 0  # train and evaluate follow the new IDs
     final = stamp_ids(copy)
     assert final["train"] != before["train"] and final["prepare"] == before["prepare"]
+
+
+def test_semantic_ids_come_from_the_collaborative_embeddings(finished_run, tmp_path):
+    """collab writes the centred, normalised item embeddings of its selected SASRec, and quantize clusters them;
+    with collab.enabled=false quantize reads the text embeddings and collab leaves only its stamp."""
+    from genrec.checkpoint import load_model
+
+    run_dir, overrides = finished_run
+    weights = load_model(run_dir / "collab" / "sasrec" / "best").item_emb.weight.detach().numpy()[:-1]  # [N, D]
+    centred = weights - weights.mean(0)
+    expected = centred / np.linalg.norm(centred, axis=1, keepdims=True)
+    np.testing.assert_allclose(np.load(run_dir / "collab" / "item_embeddings_l2norm.npy"), expected, atol=1e-6)
+    np.testing.assert_array_equal(np.load(run_dir / "collab" / "item_embeddings_raw.npy"), weights)
+    summary = json.loads((run_dir / "quantize" / "summary.json").read_text())
+    assert summary["embeddings"] == "collab/item_embeddings_l2norm.npy"
+    assert summary["dim"] == weights.shape[1]
+    best = json.loads((run_dir / "collab" / "summary.json").read_text())
+    assert best["best_valid/sasrec/ndcg@10"] > 0.0
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    overrides = [o for o in overrides if not o.startswith("run_dir=")] + [f"run_dir={copy}", "collab.enabled=false"]
+    assert main(["run", "-c", str(TINY), *overrides, "train.max_steps=10", "train.eval_every=10"]) == 0
+    assert sorted(p.name for p in (copy / "collab").iterdir()) == ["stage.json"]
+    summary = json.loads((copy / "quantize" / "summary.json").read_text())
+    assert summary["embeddings"] == "embed/item_embeddings_l2norm.npy"
 
 
 def test_recommend_by_history_and_user(finished_run, capsys):

@@ -58,7 +58,7 @@ def test_quantize_raw_embeddings_when_not_normalised(tmp_path):
     x = write_embeddings(tmp_path / "embed", n=100)
     summary = quantize(QuantizeConfig(num_levels=1, codebook_size=4, iters=5, normalize=False),
                        tmp_path / "embed", tmp_path / "q")
-    assert summary["embeddings"] == "item_embeddings_raw.npy"
+    assert summary["embeddings"] == "embed/item_embeddings_raw.npy"
     assert summary["residual_mse"][0] == pytest.approx(float((x.astype(np.float64) ** 2).sum(1).mean()), rel=1e-5)
 
 
@@ -66,6 +66,8 @@ def test_quantize_missing_or_corrupt_embeddings(tmp_path):
     cfg = QuantizeConfig(num_levels=1, codebook_size=4, iters=5)
     with pytest.raises(GenrecError, match=r"item_embeddings_l2norm.npy does not exist; rerun 'genrec embed'"):
         quantize(cfg, tmp_path / "embed", tmp_path / "q")
+    with pytest.raises(GenrecError, match=r"rerun 'genrec collab'"):  # the stage that writes the directory
+        quantize(cfg, tmp_path / "collab", tmp_path / "q")
     write_embeddings(tmp_path / "embed", n=50)
     (tmp_path / "embed" / "item_embeddings_l2norm.npy").write_bytes(b"not a numpy file")
     with pytest.raises(GenrecError, match=r"not a readable .npy file.*--force"):

@@ -26,10 +26,10 @@ from conftest import TINY
 
 @pytest.fixture(scope="module")
 def quantized(tmp_path_factory, tiny_data):
-    """A tiny run directory with prepare, embed and quantize done."""
+    """A tiny run directory with prepare, embed, collab and quantize done."""
     run_dir = tmp_path_factory.mktemp("train") / "run"
     overrides = [f"run_dir={run_dir}", f"data.path={tiny_data}"]
-    for stage in ("prepare", "embed", "quantize"):
+    for stage in ("prepare", "embed", "collab", "quantize"):
         assert main([stage, "-c", str(TINY), *overrides]) == 0
     return run_dir, overrides
 

@@ -1,7 +1,7 @@
 """The `genrec` command: run the whole pipeline or one stage, and recommend from a trained model.
 
     genrec run -c configs/beauty.yaml [section.key=value ...] [--force]
-    genrec prepare|embed|quantize|train|evaluate -c CONFIG [overrides] [--force]
+    genrec prepare|embed|collab|quantize|train|evaluate -c CONFIG [overrides] [--force]
     genrec recommend -c CONFIG (--history ITEM [ITEM ...] | --user USER) [-k 10]
 
 Works the same under `torchrun --nproc_per_node=N -m genrec.cli ...` (DDP; logging on rank 0 only).
@@ -21,6 +21,7 @@ from genrec.errors import GenrecError
 STAGE_HELP = {
     "prepare": "load the dataset, split it, write the catalogue, sequences and statistics",
     "embed": "encode every item's text with a sentence encoder",
+    "collab": "train a SASRec whose item embeddings the semantic IDs are built from (collab.enabled)",
     "quantize": "assign semantic IDs with residual k-means plus a collision level",
     "train": "train the TIGER model (resumes from the last checkpoint)",
     "evaluate": "Recall/NDCG on validation and test over the full catalogue",

@@ -47,6 +47,23 @@ class EmbedConfig:
 
 
 @dataclass(frozen=True)
+class CollabConfig:
+    """Collaborative semantic IDs: a SASRec trained on the training split (selected on validation) whose item
+    embeddings, centred and L2-normalised, are what `quantize` clusters instead of the text embeddings."""
+
+    enabled: bool = True  # false: semantic IDs from the text embeddings alone (the paper)
+    d_model: int = 64  # SASRec width (one head, feed-forward as wide)
+    layers: int = 2
+    dropout: float = 0.5
+    batch_size: int = 128  # sequence windows per step
+    lr: float = 1e-3
+    max_steps: int = 4000
+    eval_every: int = 500  # validation runs (all validation users) for selection and early stopping
+    patience: int = 2
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class QuantizeConfig:
     num_levels: int = 3  # L: residual levels before the collision-resolving level
     codebook_size: int = 256  # K: codes per level
@@ -112,6 +129,7 @@ class Config:
     run_dir: str = "runs/beauty"  # where every stage writes its artifacts
     data: DataConfig = field(default_factory=DataConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
+    collab: CollabConfig = field(default_factory=CollabConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -173,7 +191,7 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
 
 def validate(cfg: Config) -> None:
     """Cross-setting invariants that no single field can check."""
-    m, e, d, t, q = cfg.model, cfg.evaluate, cfg.data, cfg.train, cfg.quantize
+    m, e, d, t, q, c = cfg.model, cfg.evaluate, cfg.data, cfg.train, cfg.quantize, cfg.collab
     choices = {
         "data.format": (d.format, ("p5", "amazon2014", "table")),
         "data.split": (d.split, ("leave_one_out", "temporal")),
@@ -193,12 +211,15 @@ def validate(cfg: Config) -> None:
                 "quantize.codebook_size": q.codebook_size, "model.d_model": m.d_model, "model.num_heads": m.num_heads,
                 "model.head_dim": m.head_dim, "model.d_ff": m.d_ff, "model.encoder_layers": m.encoder_layers,
                 "model.decoder_layers": m.decoder_layers, "train.batch_size": t.batch_size, "train.max_steps": t.max_steps,
-                "train.eval_every": t.eval_every, "train.valid_beam_size": t.valid_beam_size, "evaluate.beam_size": e.beam_size, "evaluate.batch_size": e.batch_size}
+                "train.eval_every": t.eval_every, "train.valid_beam_size": t.valid_beam_size, "evaluate.beam_size": e.beam_size, "evaluate.batch_size": e.batch_size,
+                "collab.d_model": c.d_model, "collab.layers": c.layers, "collab.batch_size": c.batch_size,
+                "collab.max_steps": c.max_steps, "collab.eval_every": c.eval_every}
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key} must be at least 1, got {value}")
-    if not 0.0 <= m.dropout < 1.0:
-        raise ConfigError(f"model.dropout must be in [0, 1), got {m.dropout}")
+    for key, value in {"model.dropout": m.dropout, "collab.dropout": c.dropout}.items():
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"{key} must be in [0, 1), got {value}")
     if not e.ks or any(k < 1 for k in e.ks):
         raise ConfigError(f"evaluate.ks must be a non-empty list of positive cut-offs, got {list(e.ks)}")
     if not set(e.splits) <= {"valid", "test"} or not e.splits:

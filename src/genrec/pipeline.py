@@ -1,4 +1,4 @@
-"""The stages `prepare -> embed -> quantize -> train -> evaluate`, talking through files in a run directory.
+"""The stages `prepare -> embed -> collab -> quantize -> train -> evaluate`, talking through files in a run directory.
 
 Each stage writes into `<run_dir>/<stage>.tmp` and is renamed to `<run_dir>/<stage>` only when it finished,
 together with a `stage.json` stamp: a fingerprint of the config sections the stage depends on plus the id
@@ -24,10 +24,10 @@ from genrec.errors import GenrecError
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("prepare", "embed", "quantize", "train", "evaluate")
-SECTIONS = {"prepare": ("data",), "embed": ("embed",), "quantize": ("quantize",), "train": ("model", "train"),
-            "evaluate": ("evaluate",)}
-DISTRIBUTED = {"train", "evaluate"}  # the others run on rank 0 while the rest wait
+STAGES = ("prepare", "embed", "collab", "quantize", "train", "evaluate")
+SECTIONS = {"prepare": ("data",), "embed": ("embed",), "collab": ("collab",), "quantize": ("quantize",),
+            "train": ("model", "train"), "evaluate": ("evaluate",)}
+DISTRIBUTED = {"collab", "train", "evaluate"}  # the others run on rank 0 while the rest wait
 
 
 def read_stamp(run_dir: Path, stage: str) -> dict[str, Any] | None:
@@ -67,10 +67,14 @@ def _execute(cfg: Config, run_dir: Path, stage: str, out_dir: Path, dist: DistIn
 
         dataset = load_prepared(run_dir / "prepare")
         return embed(cfg.embed, dataset.items, dataset.item_ids, out_dir)
+    if stage == "collab":
+        from genrec.collab import collab
+
+        return collab(cfg, run_dir, out_dir, dist)
     if stage == "quantize":
         from genrec.quantize import quantize
 
-        return quantize(cfg.quantize, run_dir / "embed", out_dir)
+        return quantize(cfg.quantize, run_dir / ("collab" if cfg.collab.enabled else "embed"), out_dir)
     if stage == "train":
         from genrec.train import train
 

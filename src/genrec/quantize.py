@@ -1,7 +1,7 @@
 """Stage `quantize`: item embeddings -> semantic IDs with residual k-means (RQ-KMeans).
 
 Reads `item_embeddings_l2norm.npy` (or `item_embeddings_raw.npy` when `quantize.normalize` is false) from
-the embed stage and writes, in the stage directory:
+the collab stage (collaborative embeddings, when `collab.enabled`) or the embed stage (text) and writes, in the stage directory:
 - `codes.npy`: int64 [N, L], one code in [0, K) per level;
 - `codes_with_suffix.npy`: int64 [N, L + 1], plus the collision level (0, 1, 2, ... among items sharing
   all L codes), so every item has a unique semantic ID; the last level has `suffix_size` codes;
@@ -27,11 +27,10 @@ from genrec.rqkmeans import add_collision_level, codebook_health, fit_rq_kmeans
 
 logger = logging.getLogger(__name__)
 
-RERUN = "rerun 'genrec embed' (or pass --force)"
-
-
 def load_embeddings(embed_dir: Path, normalize: bool) -> np.ndarray:
-    """The embed stage's float32 [N, D] matrix; GenrecError when it is missing, unreadable or malformed."""
+    """The embed (or collab) stage's float32 [N, D] matrix; GenrecError when it is missing, unreadable or
+    malformed."""
+    RERUN = f"rerun 'genrec {Path(embed_dir).name}' (or pass --force)"
     path = Path(embed_dir) / ("item_embeddings_l2norm.npy" if normalize else "item_embeddings_raw.npy")
     if not path.is_file():
         raise GenrecError(f"{path} does not exist; {RERUN}")
@@ -86,7 +85,8 @@ def quantize(cfg: QuantizeConfig, embed_dir: Path, out_dir: Path) -> dict:
     levels = [dict(row, residual_mse=result.residual_norms[row["level"] + 1]) for row in health["levels"]]
     summary = {
         "config": to_dict(cfg),
-        "embeddings": "item_embeddings_l2norm.npy" if cfg.normalize else "item_embeddings_raw.npy",
+        "embeddings": f"{Path(embed_dir).name}/" + ("item_embeddings_l2norm.npy" if cfg.normalize
+                                                     else "item_embeddings_raw.npy"),
         "num_items": int(x.shape[0]),
         "dim": int(x.shape[1]),
         "levels": levels,

@@ -93,12 +93,13 @@ def validate(model: nn.Module, ws: Workspace, cfg: Config, dist: DistInfo) -> di
     return result.metrics
 
 
-def train(cfg: Config, run_dir: Path, out_dir: Path, dist: DistInfo) -> dict[str, Any]:
-    """Train into out_dir (resuming from its latest checkpoint), leaving the selected model in out_dir/best."""
+def train(cfg: Config, run_dir: Path, out_dir: Path, dist: DistInfo, item_codes: Any = None) -> dict[str, Any]:
+    """Train into out_dir (resuming from its latest checkpoint), leaving the selected model in out_dir/best.
+    `item_codes` [N, C] replaces the quantize stage's semantic IDs (for a model that needs none)."""
     t = cfg.train
     if t.batch_size % dist.world_size:
         raise GenrecError(f"train.batch_size={t.batch_size} must be divisible by the {dist.world_size} processes")
-    ws = load_workspace(cfg, run_dir)
+    ws = load_workspace(cfg, run_dir, item_codes)
     torch.manual_seed(t.seed)
     model = build_model(cfg.model, ws, cfg.data.max_history)
     # a causal model trains every target of a sequence in one pass; otherwise one example per target

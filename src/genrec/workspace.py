@@ -41,11 +41,15 @@ def load_codes(quantize_dir: Path, num_items: int) -> np.ndarray:
     return codes.astype(np.int64)
 
 
-def load_workspace(cfg: Config, run_dir: Path) -> Workspace:
+def load_workspace(cfg: Config, run_dir: Path, item_codes: np.ndarray | None = None) -> Workspace:
+    """The run's workspace; `item_codes` [N, C] stands in for the quantize stage's semantic IDs when given."""
     dataset = load_prepared(run_dir / "prepare")
-    codes = load_codes(run_dir / "quantize", len(dataset.item_ids))
+    if item_codes is None:
+        codes = load_codes(run_dir / "quantize", len(dataset.item_ids))
+    else:
+        codes = np.asarray(item_codes, dtype=np.int64)
     K = cfg.quantize.codebook_size
-    if codes[:, :-1].max() >= K:
+    if item_codes is None and codes[:, :-1].max() >= K:
         raise GenrecError(f"{run_dir / 'quantize'} has codes >= quantize.codebook_size={K}; rerun 'genrec quantize'")
     sizes = [K] * (codes.shape[1] - 1) + [int(codes[:, -1].max()) + 1]
     return Workspace(dataset.item_ids, dataset.items, make_split(dataset, cfg.data),
