@@ -193,9 +193,18 @@ def test_trie_softmax_training_loss_is_the_masked_cross_entropy():
     loss = model(Batch(batch.users, batch.history, targets)).loss  # mean over levels of the mean over users
     expected = -reference[torch.arange(6), targets].mean() / len(sizes)
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
-    # label smoothing spreads only over the allowed codes: a level with a single allowed code adds nothing
-    smoothed = model(Batch(batch.users, batch.history, targets), label_smoothing=0.1).loss
-    assert torch.isfinite(smoothed) and smoothed > loss
+    # label smoothing spreads only over the allowed codes (found here by scanning the ID list)
+    out = model(Batch(batch.users, batch.history, targets), label_smoothing=0.1)
+    ids = [tuple(row) for row in codes.tolist()]
+    expected_levels = []
+    for level, z in enumerate(out.logits):
+        terms = []
+        for b, item in enumerate(targets.tolist()):
+            allowed = sorted({i[level] for i in ids if i[:level] == ids[item][:level]})
+            logp = torch.log_softmax(z[b, allowed], -1)
+            terms.append(-0.9 * logp[allowed.index(ids[item][level])] - 0.1 * logp.mean())
+        expected_levels.append(torch.stack(terms).mean())
+    torch.testing.assert_close(out.loss, torch.stack(expected_levels).mean(), atol=1e-5, rtol=1e-5)
 
 
 def test_cacheless_decoding_without_node_tables_matches(monkeypatch):
@@ -254,6 +263,7 @@ def test_one_pass_training_equals_one_example_per_target():
     for item_tokens in ("codes", "sum"):
         model = Tiger(cfg=cfg.__class__(**{**cfg.__dict__, "item_tokens": item_tokens}),
                       item_codes=torch.from_numpy(codes), level_sizes=sizes, max_history=6)
+        torch.nn.init.normal_(model.recency_emb.weight)  # zero at init; the per-target recency must line up too
         rng = np.random.default_rng(1)
         train = [rng.choice(30, size=n, replace=False) for n in (2, 5, 7, 3)]  # all fit one window (<= 7 items)
         users = np.array([1, 2, 3, 4])

@@ -75,21 +75,31 @@ def test_second_run_skips_everything_and_changes_rerun_downstream(finished_run, 
 
 
 def test_semantic_ids_come_from_the_collaborative_embeddings(finished_run, tmp_path):
-    """collab writes the centred, normalised item embeddings of its selected SASRec, and quantize clusters them;
-    with collab.enabled=false quantize reads the text embeddings and collab leaves only its stamp."""
+    """collab writes the item embeddings of its selected SASRec (rarely seen items borrowed from their text
+    neighbours), centred and normalised, and quantize clusters them; with collab.enabled=false quantize reads
+    the text embeddings and collab leaves only its stamp."""
     from genrec.checkpoint import load_model
+    from genrec.collab import borrow_from_text_neighbours, item_counts
+    from genrec.config import load_config
+    from genrec.prepare import load_prepared
+    from genrec.splits import make_split
 
     run_dir, overrides = finished_run
+    cfg = load_config(TINY, overrides)
     weights = load_model(run_dir / "collab" / "sasrec" / "best").item_emb.weight.detach().numpy()[:-1]  # [N, D]
-    centred = weights - weights.mean(0)
+    dataset = load_prepared(run_dir / "prepare")
+    cold = item_counts(make_split(dataset, cfg.data).train, len(weights)) < cfg.collab.min_item_count
+    text = np.load(run_dir / "embed" / "item_embeddings_l2norm.npy")
+    raw = borrow_from_text_neighbours(weights, text, cold, cfg.collab.text_neighbours)
+    np.testing.assert_allclose(np.load(run_dir / "collab" / "item_embeddings_raw.npy"), raw, atol=1e-6)
+    centred = raw - raw.mean(0)
     expected = centred / np.linalg.norm(centred, axis=1, keepdims=True)
     np.testing.assert_allclose(np.load(run_dir / "collab" / "item_embeddings_l2norm.npy"), expected, atol=1e-6)
-    np.testing.assert_array_equal(np.load(run_dir / "collab" / "item_embeddings_raw.npy"), weights)
+    best = json.loads((run_dir / "collab" / "summary.json").read_text())
+    assert best["cold_items"] == int(cold.sum()) and best["best_valid/sasrec/ndcg@10"] > 0.0
     summary = json.loads((run_dir / "quantize" / "summary.json").read_text())
     assert summary["embeddings"] == "collab/item_embeddings_l2norm.npy"
     assert summary["dim"] == weights.shape[1]
-    best = json.loads((run_dir / "collab" / "summary.json").read_text())
-    assert best["best_valid/sasrec/ndcg@10"] > 0.0
 
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
@@ -166,3 +176,20 @@ def test_console_script_runs_the_tiny_recipe(tmp_path, tiny_data):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "test/generative" in out.stdout and "R@10" in out.stdout
     assert sys.executable  # the same interpreter's environment ran it
+
+
+def test_cold_items_borrow_the_mean_of_their_text_neighbours():
+    from genrec.collab import borrow_from_text_neighbours, item_counts
+
+    # items 0..4; item 4 is in no sequence, item 3 in one (twice in it: counted once)
+    assert item_counts([np.array([0, 1, 3, 3]), np.array([1, 2, 0]), np.array([], dtype=np.int64)], 5).tolist() == \
+        [2, 2, 1, 1, 0]
+    angle = np.array([0.0, 0.1, 1.5, 3.0, 0.05])
+    text = np.stack([np.cos(angle), np.sin(angle)], 1).astype(np.float32)  # item 4 lies between items 0 and 1
+    collab = np.arange(10, dtype=np.float32).reshape(5, 2)
+    cold = np.array([False, False, False, True, True])
+    out = borrow_from_text_neighbours(collab, text, cold, k=2, chunk=1)
+    np.testing.assert_array_equal(out[:3], collab[:3])  # warm rows untouched
+    np.testing.assert_allclose(out[4], (collab[0] + collab[1]) / 2)  # nearest warm by text: 0 and 1
+    np.testing.assert_allclose(out[3], (collab[2] + collab[1]) / 2)  # angle 3.0: nearest 2 (1.5), then 1 (0.1)
+    np.testing.assert_array_equal(borrow_from_text_neighbours(collab, text, np.zeros(5, bool), k=2), collab)

@@ -6,7 +6,11 @@ validation, through the same trainer and evaluator) places items that are bought
 together, so the first codes already narrow the choice the way the next purchase does.
 
 Writes, in the stage directory (nothing but the stamp when `collab.enabled` is false):
-- `item_embeddings_raw.npy`: float32 [N, D], the SASRec item embeddings;
+- `item_embeddings_raw.npy`: float32 [N, D], the SASRec item embeddings. An item seen in fewer than
+  `collab.min_item_count` training sequences has learnt little but to be a negative, like every other such item
+  (on Beauty 33 items never occur in training and collapse onto one point), so it takes instead the mean
+  embedding of its `collab.text_neighbours` nearest items by text (cosine of the embed stage's vectors) among
+  those seen often enough;
 - `item_embeddings_l2norm.npy`: float32 [N, D], the same rows centred (minus the mean row, a direction shared by
   all items that would otherwise dominate the first k-means level) and L2-normalised: what `quantize` reads;
 - `item_ids.json`: the item ids in row order;
@@ -49,14 +53,45 @@ def centred_unit_rows(x: np.ndarray) -> np.ndarray:
     return (x / np.where(norms > 0, norms, 1.0)).astype(np.float32)
 
 
+def item_counts(sequences: list[np.ndarray], num_items: int) -> np.ndarray:
+    """[N] the number of sequences each item occurs in."""
+    counts = np.zeros(num_items, dtype=np.int64)
+    for seq in sequences:
+        counts[np.unique(np.asarray(seq, dtype=np.int64))] += 1
+    return counts
+
+
+def borrow_from_text_neighbours(collab: np.ndarray, text: np.ndarray, cold: np.ndarray, k: int,
+                                chunk: int = 1024) -> np.ndarray:
+    """`collab` [N, D] with each `cold` [N] row replaced by the mean collab row of its k nearest warm items by
+    the cosine of `text` [N, E] (L2-normalised rows)."""
+    import torch
+
+    warm = np.flatnonzero(~cold)
+    cold_rows = np.flatnonzero(cold)
+    out = collab.copy()
+    if len(warm) == 0 or len(cold_rows) == 0:
+        return out
+    k = min(k, len(warm))
+    warm_text, warm_collab = torch.from_numpy(text[warm]), torch.from_numpy(collab[warm])
+    for lo in range(0, len(cold_rows), chunk):
+        rows = cold_rows[lo : lo + chunk]
+        near = (torch.from_numpy(text[rows]) @ warm_text.T).topk(k, dim=1).indices  # [c, k] into warm
+        out[rows] = warm_collab[near].mean(1).numpy()
+    return out
+
+
 def collab(cfg: Config, run_dir: Path, out_dir: Path, dist: DistInfo) -> dict[str, Any]:
     if not cfg.collab.enabled:
         return {}
     from genrec import checkpoint as ckpt
     from genrec.prepare import load_prepared
+    from genrec.quantize import load_embeddings
+    from genrec.splits import make_split
     from genrec.train import train
 
-    item_ids = load_prepared(run_dir / "prepare").item_ids
+    dataset = load_prepared(run_dir / "prepare")
+    item_ids = dataset.item_ids
     # SASRec needs no semantic IDs; the item index stands in for the catalogue fingerprint its checkpoint keeps
     index_codes = np.arange(len(item_ids), dtype=np.int64)[:, None]  # [N, 1]
     if dist.is_main:
@@ -66,10 +101,17 @@ def collab(cfg: Config, run_dir: Path, out_dir: Path, dist: DistInfo) -> dict[st
         return summary
     model = ckpt.load_model(out_dir / "sasrec" / "best")
     raw = model.item_emb.weight.detach()[: len(item_ids)].float().numpy()  # [N, D]; the last row is padding
+    cold = item_counts(make_split(dataset, cfg.data).train, len(item_ids)) < cfg.collab.min_item_count  # [N]
+    if cold.any():
+        text = load_embeddings(run_dir / "embed", normalize=True)  # [N, E]
+        raw = borrow_from_text_neighbours(raw, text, cold, cfg.collab.text_neighbours)
+    summary["cold_items"] = int(cold.sum())
     save_npy(out_dir / "item_embeddings_raw.npy", raw)
     save_npy(out_dir / "item_embeddings_l2norm.npy", centred_unit_rows(raw))
     save_json(out_dir / "item_ids.json", list(item_ids))
     save_json(out_dir / "summary.json", summary)
-    logger.info("collaborative embeddings: %d items x %d from SASRec step %d (valid ndcg@10 %.4f)", raw.shape[0],
-                raw.shape[1], summary["best_step"], summary["best_valid/sasrec/ndcg@10"])
+    logger.info("collaborative embeddings: %d items x %d from SASRec step %d (valid ndcg@10 %.4f); %d items seen in "
+                "fewer than %d training sequences borrow from their text neighbours", raw.shape[0], raw.shape[1],
+                summary["best_step"], summary["best_valid/sasrec/ndcg@10"], summary["cold_items"],
+                cfg.collab.min_item_count)
     return summary

@@ -61,6 +61,9 @@ class CollabConfig:
     eval_every: int = 500  # validation runs (all validation users) for selection and early stopping
     patience: int = 2
     seed: int = 0
+    min_item_count: int = 2  # an item in fewer training sequences than this takes the mean collaborative
+    #                          embedding of its `text_neighbours` nearest items by text that have enough
+    text_neighbours: int = 10
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,9 @@ class ModelConfig:
     item_tokens: str = "sum"  # "sum": one encoder token per item (sum of its code embeddings); "codes": one per code (paper)
     num_user_buckets: int = 2000  # hashed user-id tokens prepended to the history (0 disables)
     causal_encoder: bool = True  # causal history encoder: every position of a sequence trains in one pass (paper: False)
+    recency_bias: bool = True  # a learned per-head bias on cross-attention by how many items ago a token's item
+    #                             came (positions count from the first item, so nothing else tells the decoder
+    #                             which items are recent); zero at initialisation; paper: False
     trie_softmax: bool = True  # each level's softmax covers only codes that lead to a catalogue item (paper: all
     #                              codes): a proper distribution over items, and a trie node with one child costs
     #                              no decoding step
@@ -213,7 +219,8 @@ def validate(cfg: Config) -> None:
                 "model.decoder_layers": m.decoder_layers, "train.batch_size": t.batch_size, "train.max_steps": t.max_steps,
                 "train.eval_every": t.eval_every, "train.valid_beam_size": t.valid_beam_size, "evaluate.beam_size": e.beam_size, "evaluate.batch_size": e.batch_size,
                 "collab.d_model": c.d_model, "collab.layers": c.layers, "collab.batch_size": c.batch_size,
-                "collab.max_steps": c.max_steps, "collab.eval_every": c.eval_every}
+                "collab.max_steps": c.max_steps, "collab.eval_every": c.eval_every,
+                "collab.text_neighbours": c.text_neighbours}
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key} must be at least 1, got {value}")

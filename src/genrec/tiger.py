@@ -45,7 +45,8 @@ class Memory:
 
     keys: list[Tensor]  # per decoder layer [B, H, S, E]
     values: list[Tensor]  # per decoder layer [B, H, S, E]
-    mask: Tensor  # [B, 1, 1, S] True where attending is allowed (or [B, 1, W*t, S] per decoder query)
+    mask: Tensor  # [B, 1, 1, S] True where attending is allowed (or [B, 1, W*t, S] per decoder query); with
+    #               `recency_bias` a float [B, H, 1 or W*t, S]: the bias where allowed, -inf elsewhere
     token_item: Tensor  # [S] history position of each token (-1: the user token)
 
 
@@ -67,6 +68,8 @@ class Attention(nn.Module):
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool) -> Tensor:
         p = self.dropout if self.training else 0.0
+        if mask is not None and mask.dtype != torch.bool and mask.dtype != q.dtype:
+            mask = mask.to(q.dtype)  # an additive mask must match the (autocast) query dtype
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
         return self.o(out.transpose(1, 2).flatten(2))  # [N, t, D]
 
@@ -170,12 +173,16 @@ class Tiger(nn.Module):
         per_item = C if cfg.item_tokens == "codes" else 1
         self.enc_pos = nn.Embedding(max_history * per_item + 1, D)  # counted from the most recent token
         self.dec_pos = nn.Embedding(C, D)
+        # cross-attention bias per head by item recency: 0 = the query's most recent item, ..., max_history = user
+        self.recency_emb = nn.Embedding(max_history + 1, cfg.num_heads) if cfg.recency_bias else None
         self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
         self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
         self.enc_norm, self.dec_norm = nn.LayerNorm(D), nn.LayerNorm(D)
         self.head = nn.Linear(D, V, bias=False)
         self.drop = nn.Dropout(cfg.dropout)
         self.apply(self._init)
+        if self.recency_emb is not None:
+            nn.init.zeros_(self.recency_emb.weight)  # starts as plain attention
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -234,7 +241,20 @@ class Tiger(nn.Module):
             x = layer(x, enc_mask)
         x = self.enc_norm(x)
         keys, values = zip(*(layer.cross_attn.project_kv(x) for layer in self.decoder))
-        return Memory(list(keys), list(values), key_mask, token_item)
+        memory = Memory(list(keys), list(values), key_mask, token_item)
+        if self.recency_emb is not None and not (batch.targets is not None and batch.targets.ndim == 2):
+            last = (valid * torch.arange(T, device=x.device)).amax(1)  # [B] index of the most recent item
+            ago = torch.where(token_item < 0, -1, last[:, None] - token_item)[:, None]  # [B, 1, S]
+            memory.mask = self.cross_mask(key_mask, ago)  # [B, H, 1, S]
+        return memory
+
+    def cross_mask(self, allowed: Tensor, ago: Tensor) -> Tensor:
+        """allowed [B, 1, Q, S] (bool), ago [B or 1, Q, S] how many items before each query's most recent one a
+        token's item came (negative: the user token) -> additive mask [B, H, Q, S]: the head's recency bias
+        where allowed, -inf elsewhere."""
+        bucket = torch.where(ago < 0, self.max_history, ago.clamp(0, self.max_history - 1))
+        bias = self.recency_emb(bucket).movedim(-1, -3)  # [B or 1, H, Q, S]
+        return torch.where(allowed, bias, float("-inf"))
 
     # ---- decoder -------------------------------------------------------------------------------------
     def embed_codes(self, codes: Tensor, start_level: int) -> Tensor:
@@ -340,6 +360,10 @@ class Tiger(nn.Module):
             sees = memory.token_item[None, :] <= torch.arange(T, device=targets.device)[:, None]  # [T, S]
             sees = sees.repeat_interleave(C, dim=0)  # [T*C, S] one row per decoder query
             memory.mask = memory.mask & sees[None, None]  # [B, 1, T*C, S]
+            if self.recency_emb is not None:  # the target after position w: token items w, w-1, ... are 0, 1, ... ago
+                ago = torch.arange(T, device=targets.device)[:, None] - memory.token_item[None, :]  # [T, S]
+                ago = torch.where(memory.token_item[None, :] < 0, -1, ago).repeat_interleave(C, dim=0)
+                memory.mask = self.cross_mask(memory.mask, ago[None])  # [B, H, T*C, S]
             live = targets >= 0  # [B, T]
         else:
             targets, live = targets[:, None], torch.ones_like(targets[:, None], dtype=torch.bool)
