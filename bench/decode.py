@@ -44,6 +44,7 @@ PAPER_SHAPE = ModelConfig(decoder_layers=4, item_tokens="codes", causal_encoder=
 BEAUTY_ITEMS, BEAUTY_USERS = 12_101, 22_363  # users evaluated on each of the valid and test splits
 BEAMS = (10, 20, 100, 1000)
 MAX_HISTORY = 20
+DTYPES = {"float32": "", "bfloat16": "_bf16"}  # method-name suffix per dtype (bfloat16: autocast on both sides)
 SPECIALS = 2  # T5 vocabulary: 0 = pad (also the decoder start), 1 = eos; codes follow
 
 # Users timed per measurement: (default, --quick). Per-beam batch sizes: genrec shares the encoder memory
@@ -209,6 +210,13 @@ def beauty(args: argparse.Namespace, rng: np.random.Generator, q: int) -> tuple[
     tokens = SPECIALS + codes + np.cumsum([0] + sizes[:-1])  # [N, C] T5 token ids
     n_max = max(v[q] for v in (*GENREC_USERS.values(), *HF_USERS.values(), EXACT_USERS))
     hist = histories(rng, n_max, N)
+    if not args.unsorted:  # batches of similar length for both sides, as genrec's evaluator batches its users
+        hist = hist[np.argsort((hist >= 0).sum(1), kind="stable")]
+
+    def sample(n: int) -> np.ndarray:
+        """n users spread evenly over the list, so that every measurement sees the same length distribution
+        whatever its size (and, sorted, batches of similar lengths)."""
+        return hist[np.linspace(0, len(hist) - 1, n).round().astype(int)]
     data = {"items": N, "level_sizes": sizes, "trie_max_children": trie.max_children,
             "trie_nodes": [trie.num_nodes(d) for d in range(trie.depth + 1)],
             "history_len_median": float(np.median((hist >= 0).sum(1))),
@@ -217,11 +225,11 @@ def beauty(args: argparse.Namespace, rng: np.random.Generator, q: int) -> tuple[
     print(f"catalogue {N} items, level sizes {sizes}, trie max children {trie.max_children}; "
           f"history length median {data['history_len_median']:.0f}, mean {data['history_len_mean']:.1f}")
 
-    def genrec_run(beam: int, net: Tiger):
+    def genrec_run(beam: int, net: Tiger, users: np.ndarray):
         buckets = net.cfg.num_user_buckets
 
         def run(lo: int, hi: int) -> torch.Tensor:
-            return beam_search(net, make_batch(hist[lo:hi], buckets), trie, beam_size=beam, use_kv_cache=True).items
+            return beam_search(net, make_batch(users[lo:hi], buckets), trie, beam_size=beam, use_kv_cache=True).items
         return run
 
     def genrec_items(items: torch.Tensor) -> np.ndarray:
@@ -235,26 +243,35 @@ def beauty(args: argparse.Namespace, rng: np.random.Generator, q: int) -> tuple[
     with torch.no_grad():
         for shape, net in (("", model), ("_paper_shape", paper)):
             hf = hf_model(sizes, net.cfg, args.seed)
-            beam_search(net, make_batch(hist[:8], net.cfg.num_user_buckets), trie, beam_size=10)  # warm-up
-            hf_decoder(hf, tokens, hist, 10, net.cfg.item_tokens)[0](0, 4)
-            for beam in BEAMS:
-                r = measure(genrec_run(beam, net), genrec_items, GENREC_USERS[beam][q], GENREC_BATCH[beam], beam)
-                results.setdefault("genrec" + shape, {})[beam] = r
-                print(f"  genrec{shape:<13} beam {beam:5d}: {r['users_per_s']:9.1f} users/s  ({r['users']} users, "
-                      f"batch {r['batch']}, {r['seconds']:.1f}s, peak RSS {r['peak_rss_mb']} MB)", flush=True)
-            for beam in BEAMS:
-                run, to_items = hf_decoder(hf, tokens, hist, beam, net.cfg.item_tokens)
-                batch = max(1, min(256, HF_MAX_ROWS // beam))
-                r = measure(run, to_items, HF_USERS[beam][q], batch, beam)
-                results.setdefault("hf_generate" + shape, {})[beam] = r
-                print(f"  hf_generate{shape:<8} beam {beam:5d}: {r['users_per_s']:9.1f} users/s  ({r['users']} users, "
-                      f"batch {r['batch']}, {r['seconds']:.1f}s, peak RSS {r['peak_rss_mb']} MB)", flush=True)
+            for dtype in DTYPES:  # both sides in float32, then both under bfloat16 autocast
+                tag = shape + DTYPES[dtype]
+                autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+                with autocast:
+                    beam_search(net, make_batch(hist[:8], net.cfg.num_user_buckets), trie, beam_size=10)  # warm-up
+                    hf_decoder(hf, tokens, hist, 10, net.cfg.item_tokens)[0](0, 4)
+                for beam in BEAMS:
+                    with autocast:
+                        n = GENREC_USERS[beam][q]
+                        r = measure(genrec_run(beam, net, sample(n)), genrec_items, n, GENREC_BATCH[beam], beam)
+                    results.setdefault("genrec" + tag, {})[beam] = r
+                    print(f"  {'genrec' + tag:<28} beam {beam:5d}: {r['users_per_s']:9.1f} users/s  ({r['users']} "
+                          f"users, batch {r['batch']}, {r['seconds']:.1f}s, peak RSS {r['peak_rss_mb']} MB)", flush=True)
+                for beam in BEAMS:
+                    n = HF_USERS[beam][q]
+                    run, to_items = hf_decoder(hf, tokens, sample(n), beam, net.cfg.item_tokens)
+                    batch = max(1, min(256, HF_MAX_ROWS // beam))
+                    with autocast:
+                        r = measure(run, to_items, n, batch, beam)
+                    results.setdefault("hf_generate" + tag, {})[beam] = r
+                    print(f"  {'hf_generate' + tag:<28} beam {beam:5d}: {r['users_per_s']:9.1f} users/s  ({r['users']} "
+                          f"users, batch {r['batch']}, {r['seconds']:.1f}s, peak RSS {r['peak_rss_mb']} MB)", flush=True)
         n_exact, eb = EXACT_USERS[q], min(EXACT_BATCH, EXACT_USERS[q])
         rss_before = rss_mb("VmRSS")
         reset_peak_rss()
         start = time.perf_counter()
+        exact_users = sample(n_exact)
         for lo in range(0, n_exact, eb):
-            scores = score_catalog(model, make_batch(hist[lo : min(lo + eb, n_exact)], model.cfg.num_user_buckets),
+            scores = score_catalog(model, make_batch(exact_users[lo : lo + eb], model.cfg.num_user_buckets),
                                    trie)
         seconds = time.perf_counter() - start
         assert scores.shape[1] == N and bool(torch.isfinite(scores).all())
@@ -363,6 +380,8 @@ def main() -> None:
     parser.add_argument("--skip-scale", action="store_true", help="run part 1 only")
     parser.add_argument("--run-dir", default="", help="a trained run directory: time its full evaluation too")
     parser.add_argument("--eval-beam", type=int, default=1000, help="beam of the timed full evaluation")
+    parser.add_argument("--unsorted", action="store_true",
+                        help="batch users in random order instead of by history length (both sides)")
     args = parser.parse_args()
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     q = 1 if args.quick else 0
@@ -374,21 +393,33 @@ def main() -> None:
     print("\n== Beauty-shaped decoding: users/s ==")
     data, runs, notes = beauty(args, rng, q)
     users_per_s = {m: {str(b): r["users_per_s"] for b, r in v.items()} for m, v in runs.items()}
-    speedup = {str(b): users_per_s["genrec"][str(b)] / users_per_s["hf_generate"][str(b)] for b in BEAMS}
-    speedup_paper = {str(b): users_per_s["genrec_paper_shape"][str(b)] / users_per_s["hf_generate_paper_shape"][str(b)]
-                     for b in BEAMS}
+    def ratio(ours: str, theirs: str) -> dict[str, float]:
+        return {str(b): users_per_s[ours][str(b)] / users_per_s[theirs][str(b)] for b in BEAMS}
+
+    def best(method: str) -> dict[str, float]:  # the faster dtype at each beam
+        return {str(b): max(users_per_s[method + DTYPES[d]][str(b)] for d in DTYPES) for b in BEAMS}
+
+    speedup, speedup_bf16 = ratio("genrec", "hf_generate"), ratio("genrec_bf16", "hf_generate_bf16")
+    speedup_paper = ratio("genrec_paper_shape", "hf_generate_paper_shape")
+    speedup_paper_bf16 = ratio("genrec_paper_shape_bf16", "hf_generate_paper_shape_bf16")
+    speedup_best = {b: v / best("hf_generate")[b] for b, v in best("genrec").items()}
+    speedup_paper_best = {b: v / best("hf_generate_paper_shape")[b] for b, v in best("genrec_paper_shape").items()}
     eval_users = 2 * BEAUTY_USERS
     projected = {f"beam_{b}": eval_users / users_per_s["genrec"][str(b)] for b in BEAMS}
     projected["exact"] = eval_users / users_per_s["genrec_exact"]["all"]
-    print(f"\n{'beam':>6} {'genrec u/s':>11} {'hf u/s':>9} {'speedup':>8} {'paper-shape genrec':>19} {'hf':>7} "
-          f"{'speedup':>8}   valid items")
     ok = lambda r: r["invalid"] == 0 and r["users_with_duplicates"] == 0  # noqa: E731
-    for b in BEAMS:
-        g, h = runs["genrec"][b], runs["hf_generate"][b]
-        gp, hp = runs["genrec_paper_shape"][b], runs["hf_generate_paper_shape"][b]
-        valid = "yes" if all(ok(r) for r in (g, h, gp, hp)) else "NO"
-        print(f"{b:6d} {g['users_per_s']:11.1f} {h['users_per_s']:9.2f} {speedup[str(b)]:7.1f}x "
-              f"{gp['users_per_s']:19.1f} {hp['users_per_s']:7.2f} {speedup_paper[str(b)]:7.1f}x   {valid}")
+    for shape, name in (("", "default shape"), ("_paper_shape", "paper shape")):
+        print(f"\n{name}: users/s{'':>4} {'genrec fp32':>11} {'hf fp32':>8} {'speedup':>8} {'genrec bf16':>12} "
+              f"{'hf bf16':>8} {'speedup':>8} {'best vs best':>13}   valid items")
+        for b in BEAMS:
+            rs = [runs[m + shape + DTYPES[d]][b] for d in DTYPES for m in ("genrec", "hf_generate")]
+            valid = "yes" if all(ok(r) for r in rs) else "NO"
+            fp, bf = ratio("genrec" + shape, "hf_generate" + shape), ratio("genrec" + shape + "_bf16",
+                                                                         "hf_generate" + shape + "_bf16")
+            top = speedup_best if not shape else speedup_paper_best
+            print(f"  beam {b:5d}{'':>8} {rs[0]['users_per_s']:11.1f} {rs[1]['users_per_s']:8.1f} {fp[str(b)]:7.1f}x "
+                  f"{rs[2]['users_per_s']:12.1f} {rs[3]['users_per_s']:8.1f} {bf[str(b)]:7.1f}x {top[str(b)]:12.1f}x"
+                  f"   {valid}")
     print(f"exact scoring: {users_per_s['genrec_exact']['all']:.2f} users/s")
     beauty_eval: dict = {"projected_from_users_per_s": projected}
     if args.run_dir:
@@ -401,6 +432,10 @@ def main() -> None:
                     for b, r in runs[m].items()} for m in runs if m != "genrec_exact"}
     g1000, ex = runs["genrec"][1000], runs["genrec_exact"]["all"]
     notes += [
+        "users are batched in order of history length on both sides (--unsorted: random order), as genrec's "
+        "evaluator batches them: a batch's encoder input is cut to its longest history",
+        "speedup_vs_hf: both in float32; speedup_vs_hf_bf16: both under torch.autocast(bfloat16); "
+        "speedup_vs_hf_best_dtype: each side's faster dtype at that beam",
         "genrec: beam_search(use_kv_cache=True) returning the items; hf_generate: T5ForConditionalGeneration.generate "
         "with num_beams=B, num_return_sequences=B, max_new_tokens=levels and a prefix_allowed_tokens_fn walking "
         "nested dicts; every returned item of both is checked to be a catalogue item, once per user",
@@ -429,8 +464,10 @@ def main() -> None:
                      "codes": args.codes or ("the model's" if args.model else "synthetic skewed 3 x 256 + collision"),
                      "scale_items": list(SCALE_ITEMS[q]) if not args.skip_scale else [],
                      "scale_batch1_users": SCALE_BATCH1_USERS[q], "scale_batch256_batches": SCALE_BATCH256_BATCHES[q]},
-        "beauty": data, "users_per_s": users_per_s, "speedup_vs_hf": speedup,
-        "speedup_vs_hf_paper_shape": speedup_paper, "validity": validity,
+        "beauty": data, "users_per_s": users_per_s, "speedup_vs_hf": speedup, "speedup_vs_hf_bf16": speedup_bf16,
+        "speedup_vs_hf_best_dtype": speedup_best, "speedup_vs_hf_paper_shape": speedup_paper,
+        "speedup_vs_hf_paper_shape_bf16": speedup_paper_bf16, "speedup_vs_hf_paper_shape_best_dtype": speedup_paper_best,
+        "validity": validity,
         "beauty_eval_seconds": beauty_eval, "scale": [], "notes": notes,
     }
     if not args.skip_scale:
