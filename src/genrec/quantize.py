@@ -30,26 +30,26 @@ logger = logging.getLogger(__name__)
 def load_embeddings(embed_dir: Path, normalize: bool) -> np.ndarray:
     """The embed (or collab) stage's float32 [N, D] matrix; GenrecError when it is missing, unreadable or
     malformed."""
-    RERUN = f"rerun 'genrec {Path(embed_dir).name}' (or pass --force)"
+    rerun = f"rerun 'genrec {Path(embed_dir).name}' (or pass --force)"
     path = Path(embed_dir) / ("item_embeddings_l2norm.npy" if normalize else "item_embeddings_raw.npy")
     if not path.is_file():
-        raise GenrecError(f"{path} does not exist; {RERUN}")
+        raise GenrecError(f"{path} does not exist; {rerun}")
     try:
         x = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
-        raise GenrecError(f"{path} is not a readable .npy file ({str(err).splitlines()[0]}); {RERUN}")
+        raise GenrecError(f"{path} is not a readable .npy file ({str(err).splitlines()[0]}); {rerun}")
     if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0 or not np.issubdtype(x.dtype, np.floating):
-        raise GenrecError(f"{path} holds a {x.dtype} array of shape {x.shape}, not a float [N, D] matrix; {RERUN}")
+        raise GenrecError(f"{path} holds a {x.dtype} array of shape {x.shape}, not a float [N, D] matrix; {rerun}")
     if not np.isfinite(x).all():
-        raise GenrecError(f"{path} contains NaN or infinite values; {RERUN}")
+        raise GenrecError(f"{path} contains NaN or infinite values; {rerun}")
     ids_path = Path(embed_dir) / "item_ids.json"
     if ids_path.is_file():
         try:
             num_ids = len(json.loads(ids_path.read_text()))
         except (ValueError, TypeError) as err:
-            raise GenrecError(f"{ids_path} is not a JSON list ({err}); {RERUN}")
+            raise GenrecError(f"{ids_path} is not a JSON list ({err}); {rerun}")
         if num_ids != x.shape[0]:
-            raise GenrecError(f"{path} has {x.shape[0]} rows but {ids_path} lists {num_ids} items; {RERUN}")
+            raise GenrecError(f"{path} has {x.shape[0]} rows but {ids_path} lists {num_ids} items; {rerun}")
     return np.ascontiguousarray(x, dtype=np.float32)
 
 

@@ -244,15 +244,15 @@ class Tiger(nn.Module):
         memory = Memory(list(keys), list(values), key_mask, token_item)
         if self.recency_emb is not None and not (batch.targets is not None and batch.targets.ndim == 2):
             last = (valid * torch.arange(T, device=x.device)).amax(1)  # [B] index of the most recent item
-            ago = torch.where(token_item < 0, -1, last[:, None] - token_item)[:, None]  # [B, 1, S]
-            memory.mask = self.cross_mask(key_mask, ago)  # [B, H, 1, S]
+            memory.mask = self.cross_mask(key_mask, last[:, None], token_item)  # [B, H, 1, S]
         return memory
 
-    def cross_mask(self, allowed: Tensor, ago: Tensor) -> Tensor:
-        """allowed [B, 1, Q, S] (bool), ago [B or 1, Q, S] how many items before each query's most recent one a
-        token's item came (negative: the user token) -> additive mask [B, H, Q, S]: the head's recency bias
-        where allowed, -inf elsewhere."""
-        bucket = torch.where(ago < 0, self.max_history, ago.clamp(0, self.max_history - 1))
+    def cross_mask(self, allowed: Tensor, query_item: Tensor, token_item: Tensor) -> Tensor:
+        """allowed [B, 1, Q, S] (bool), query_item [B or 1, Q] each query's most recent history position,
+        token_item [S] each token's (-1: the user token) -> additive mask [B, H, Q, S]: the head's bias for how
+        many items ago the token's item came where allowed, -inf elsewhere."""
+        ago = (query_item[..., None] - token_item).clamp(0, self.max_history - 1)  # [B or 1, Q, S]
+        bucket = torch.where(token_item < 0, self.max_history, ago)
         bias = self.recency_emb(bucket).movedim(-1, -3)  # [B or 1, H, Q, S]
         return torch.where(allowed, bias, float("-inf"))
 
@@ -360,10 +360,9 @@ class Tiger(nn.Module):
             sees = memory.token_item[None, :] <= torch.arange(T, device=targets.device)[:, None]  # [T, S]
             sees = sees.repeat_interleave(C, dim=0)  # [T*C, S] one row per decoder query
             memory.mask = memory.mask & sees[None, None]  # [B, 1, T*C, S]
-            if self.recency_emb is not None:  # the target after position w: token items w, w-1, ... are 0, 1, ... ago
-                ago = torch.arange(T, device=targets.device)[:, None] - memory.token_item[None, :]  # [T, S]
-                ago = torch.where(memory.token_item[None, :] < 0, -1, ago).repeat_interleave(C, dim=0)
-                memory.mask = self.cross_mask(memory.mask, ago[None])  # [B, H, T*C, S]
+            if self.recency_emb is not None:  # the target after position w: its most recent item is w
+                query_item = torch.arange(T, device=targets.device).repeat_interleave(C)[None]  # [1, T*C]
+                memory.mask = self.cross_mask(memory.mask, query_item, memory.token_item)  # [B, H, T*C, S]
             live = targets >= 0  # [B, T]
         else:
             targets, live = targets[:, None], torch.ones_like(targets[:, None], dtype=torch.bool)
