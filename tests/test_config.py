@@ -36,6 +36,7 @@ def test_overrides_and_types():
     ("train.select_metric=ndcg@50", "k <= train.valid_beam_size"),
     ("data.format=table", "needs data.interactions"),
     ("evaluate.splits=[train]", "evaluate.splits must be a subset"),
+    ("train.distill=1.5", "train.distill must be in [0, 1]"),
 ])
 def test_bad_settings_fail_with_a_clear_message(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
@@ -49,3 +50,10 @@ def test_bad_files(tmp_path):
     bad.write_text("train: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_distillation_needs_the_collab_teacher_and_a_tiger_student():
+    assert load_config(None, ["train.distill=0.5"]).train.distill == 0.5
+    for other in ("collab.enabled=false", "model.kind=sasrec"):
+        with pytest.raises(ConfigError, match="needs model.kind=tiger and collab.enabled=true"):
+            load_config(None, ["train.distill=0.5", other])

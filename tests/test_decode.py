@@ -335,3 +335,52 @@ def test_beam_ranks_equal_looking_the_target_up_in_the_beam(trie_softmax, decode
     # the test must be able to fail: some targets are found, some missed, at a middling beam
     ranks = beam_ranks(model, batch, trie, beam_size=10)
     assert 0 < int((ranks < 10).sum()) < 64
+
+
+def test_code_distributions_sum_the_teacher_over_each_prefix():
+    codes = collision_catalog(40, [3, 4, 3], seed=31)
+    sizes = [3, 4, 3, int(codes[:, -1].max()) + 1]
+    model = tiny_model(codes, sizes, "sum", trie_softmax=True)
+    probs = torch.softmax(torch.randn(5, 40, generator=torch.Generator().manual_seed(32)) * 2, dim=1)
+    probs[1, 7] = 0.0  # a row whose target has no mass of its own: its prefixes still have some
+    probs[1] /= probs[1].sum()
+    targets = torch.tensor([0, 7, 19, 33, 39])
+    out = model.code_distributions(probs, targets)
+    for b, item in enumerate(targets.tolist()):
+        for level, q in enumerate(out):
+            expected = torch.zeros(sizes[level])
+            for i, row in enumerate(codes.tolist()):  # items under the target's first `level` codes
+                if row[:level] == codes[item][:level].tolist():
+                    expected[row[level]] += probs[b, i]
+            torch.testing.assert_close(q[b], expected / expected.sum(), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("trie_softmax", [False, True])
+def test_distillation_from_a_one_hot_teacher_is_the_plain_loss(trie_softmax):
+    """q_l is then one-hot on the true code at every level, so KL(q || p) = -log p(true code)."""
+    codes = collision_catalog(40, [3, 4, 3], seed=33)
+    sizes = [3, 4, 3, int(codes[:, -1].max()) + 1]
+    model = tiny_model(codes, sizes, "sum", causal_encoder=True, trie_softmax=trie_softmax)
+    batch = random_batch(40, 6, seed=34)
+    batch = Batch(batch.users, batch.history, torch.tensor([0, 7, 19, 33, 39, 5]))
+    plain = model(batch).loss
+    one_hot = torch.nn.functional.one_hot(batch.targets, 40).float()
+    for weight in (0.3, 1.0):
+        torch.testing.assert_close(model(batch, teacher=one_hot, distill=weight).loss, plain, atol=1e-5, rtol=1e-5)
+    # a spread-out teacher: at weight 1 the loss is the mean over levels of KL(q_l || p_l), checked by hand
+    teacher = torch.softmax(torch.randn(6, 40, generator=torch.Generator().manual_seed(35)), dim=1)
+    out = model(batch, teacher=teacher, distill=1.0)
+    soft = model.code_distributions(teacher, batch.targets)
+    ids = [tuple(row) for row in codes.tolist()]
+    levels = []
+    for level, z in enumerate(out.logits):
+        terms = []
+        for b, item in enumerate(batch.targets.tolist()):
+            allowed = sorted({i[level] for i in ids if i[:level] == ids[item][:level]}) if trie_softmax \
+                else list(range(sizes[level]))
+            logp = torch.log_softmax(z[b, allowed], -1)
+            q = soft[level][b, allowed]
+            assert torch.isclose(q.sum(), torch.tensor(1.0)) and soft[level][b].sum() == q.sum()
+            terms.append((torch.xlogy(q, q) - q * logp).sum())
+        levels.append(torch.stack(terms).mean())
+    torch.testing.assert_close(out.loss, torch.stack(levels).mean(), atol=1e-5, rtol=1e-5)

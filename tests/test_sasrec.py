@@ -63,3 +63,25 @@ def test_pipeline_with_sasrec_reports_every_k(tmp_path, tiny_overrides):
     recalls = [results["metrics"][f"test/sasrec/recall@{k}"] for k in (5, 10, 20, 50)]
     assert recalls == sorted(recalls) and recalls[-1] < 1.0
     assert recalls[1] > 0.3  # learnable synthetic data: far above chance (10 of 64 items = 0.16)
+
+
+def test_next_item_probs_per_position_equal_per_example_and_drop_the_history():
+    model = tiny_sasrec().eval()
+    rng = np.random.default_rng(1)
+    train = [rng.choice(30, size=n, replace=False) for n in (2, 5, 7, 3)]
+    train[2][3] = 0  # item 0 in a history with left padding: padding must not un-drop it
+    users = np.zeros(4, dtype=np.int64)
+    windows, examples = TrainWindows(train, users, 6), TrainExamples(train, users, 6)
+    one_pass = model.next_item_probs(windows.batch(np.arange(len(windows))), temperature=0.5)
+    per_example = torch.cat([model.next_item_probs(examples.batch(np.array([i])), temperature=0.5)
+                             for i in range(len(examples))])
+    # windows and examples list the targets in the same order: sequence by sequence, position by position
+    torch.testing.assert_close(one_pass, per_example, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(one_pass.sum(1), torch.ones(len(examples)))
+    for i in range(len(examples)):
+        history = examples.batch(np.array([i])).history[0]
+        seen = history[history >= 0]
+        assert (one_pass[i, seen] == 0).all() and (one_pass[i].count_nonzero() == 30 - len(seen))
+    # the temperature sharpens the same ranking
+    hot = model.next_item_probs(windows.batch(np.arange(len(windows))), temperature=2.0)
+    assert torch.equal(hot.argmax(1), one_pass.argmax(1)) and (hot.max(1).values < one_pass.max(1).values).all()

@@ -64,6 +64,24 @@ def test_resume_gives_the_same_next_steps_as_an_uninterrupted_run(quantized, tmp
         assert resumed[step] == pytest.approx(full[step], rel=1e-6, abs=1e-7), step
 
 
+def test_distilled_training_runs_and_needs_the_collab_model(quantized, tmp_path, capsys):
+    run_dir, overrides = quantized
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    args = ["train", "-c", str(TINY), *overrides[1:], f"run_dir={copy}", "train.max_steps=4", "train.eval_every=2",
+            "train.log_every=1", "train.distill=0.5"]
+    assert main(args) == 0
+    assert sorted(losses(copy / "train" / "log.jsonl")) == [1, 2, 3, 4]
+    assert load_model(copy / "train" / "best").method == "generative"
+    shutil.rmtree(copy / "collab" / "sasrec" / "best")
+    shutil.rmtree(copy / "train")
+    capsys.readouterr()
+    assert main(args) != 0
+    err = capsys.readouterr().err
+    assert "collab" in err and "has none; run 'genrec collab'" in err and "Traceback" not in err
+    assert not (copy / "train").exists()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -109,6 +109,10 @@ class TrainConfig:
     valid_beam_size: int = 20  # beam width of the validation runs during training (all validation users)
     select_metric: str = "ndcg@10"  # validation metric for model selection (k <= valid_beam_size)
     label_smoothing: float = 0.0
+    distill: float = 0.0  # weight of distillation from the collab stage's SASRec (tiger only, needs collab.enabled):
+    #                       each level's loss is (1 - distill) x cross-entropy with the true code + distill x KL from
+    #                       the teacher's next-item distribution (history removed) summed to that level's codes
+    distill_temperature: float = 1.0  # softmax temperature of the teacher's distribution
     dtype: str = "float32"  # "float32" or "bfloat16" (autocast)
     seed: int = 0
     log_every: int = 50  # steps between training-log lines
@@ -227,6 +231,12 @@ def validate(cfg: Config) -> None:
     for key, value in {"model.dropout": m.dropout, "collab.dropout": c.dropout}.items():
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"{key} must be in [0, 1), got {value}")
+    if not 0.0 <= t.distill <= 1.0 or t.distill_temperature <= 0:
+        raise ConfigError(f"train.distill must be in [0, 1] and train.distill_temperature above 0, got "
+                          f"{t.distill} and {t.distill_temperature}")
+    if t.distill > 0 and (m.kind != "tiger" or not c.enabled):
+        raise ConfigError("train.distill > 0 distils the collab stage's SASRec into a tiger model: it needs "
+                          "model.kind=tiger and collab.enabled=true (or set train.distill=0)")
     if not e.ks or any(k < 1 for k in e.ks):
         raise ConfigError(f"evaluate.ks must be a non-empty list of positive cut-offs, got {list(e.ks)}")
     if not set(e.splits) <= {"valid", "test"} or not e.splits:

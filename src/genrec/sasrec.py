@@ -16,6 +16,13 @@ from genrec.metrics import MISS
 from genrec.tiger import Batch, EncoderLayer, Output
 
 
+def _drop_items(scores: Tensor, items: Tensor) -> Tensor:
+    """scores [n, N] with the listed items [n, m] (-1: none) set to -inf, in place."""
+    rows, cols = (items >= 0).nonzero(as_tuple=True)
+    scores[rows, items[rows, cols]] = float("-inf")
+    return scores
+
+
 class SASRec(nn.Module):
     """`item_codes` [N, C] is kept only to identify the catalogue the model was trained on."""
 
@@ -77,6 +84,25 @@ class SASRec(nn.Module):
         return Output(loss=loss, logits=[z])
 
     @torch.no_grad()
+    def next_item_probs(self, batch: Batch, temperature: float = 1.0) -> Tensor:
+        """The distribution over the catalogue of the item after each live target's history, with the items of
+        that history removed (as the evaluator ranks): [n, N], rows in the order of `targets[targets >= 0]`
+        (per-position targets [B, T]) or of the batch (targets [B]). The teacher of distillation."""
+        targets = batch.targets
+        assert targets is not None
+        history = batch.history if targets.ndim == 2 else batch.history[:, -self.max_history :]
+        h = self.hidden(history)  # [B, T, D]
+        T = history.shape[1]
+        if targets.ndim == 2:  # the target after position t has seen the items at positions <= t
+            live = targets >= 0
+            seen = torch.where(torch.ones(T, T, dtype=torch.bool, device=h.device).tril()[None], history[:, None], -1)
+            h, seen = h[live], seen[live]  # [n, D], [n, T]
+        else:
+            h, seen = h[:, -1], history
+        z = self.logits(h).float() / temperature  # [n, N]
+        return F.softmax(_drop_items(z, seen), dim=-1)
+
+    @torch.no_grad()
     def score(self, batch: Batch) -> Tensor:
         """Log-probabilities of every catalogue item as the next one: [B, N]."""
         h = self.hidden(batch.history[:, -self.max_history :])[:, -1]
@@ -84,10 +110,7 @@ class SASRec(nn.Module):
 
     def _scores(self, batch: Batch, exclude_history: bool) -> Tensor:
         scores = self.score(batch)
-        if exclude_history:
-            hist = batch.history.clamp(min=0)
-            scores.scatter_(1, hist, torch.where(batch.history >= 0, float("-inf"), scores.gather(1, hist)))
-        return scores
+        return _drop_items(scores, batch.history) if exclude_history else scores
 
     @torch.no_grad()
     def recommend(self, batch: Batch, k: int, exclude_history: bool = False) -> tuple[Tensor, Tensor]:

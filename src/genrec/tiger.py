@@ -346,10 +346,55 @@ class Tiger(nn.Module):
         z = (hidden @ self.head.weight[lo : lo + self.level_sizes[level]].T).float().gather(-1, code)  # [..., M]
         return F.log_softmax(z.masked_fill(~valid, float("-inf")), dim=-1).masked_fill(~valid, float("-inf"))
 
-    def forward(self, batch: Batch, label_smoothing: float = 0.0) -> Output:
+    def code_distributions(self, item_probs: Tensor, targets: Tensor) -> list[Tensor]:
+        """A distribution over items [n, N] and target items [n] -> per level l, the distribution over level
+        l's codes [n, K_l] of an item drawn from it, given that it starts with the target's first l codes:
+        q_l(k) = sum of p(i) over items i with codes[:l] = the target's and code k at level l, normalised.
+        Rows whose prefix has no mass are all zero.
+
+        Level 0 sums the whole catalogue by code. Below it, the items under the target's prefix are a contiguous
+        run of the trie's leaf order, at most as long as the largest subtree of that depth, so each child's mass
+        is a difference of one running sum over that short window."""
+        trie, device = self.trie, item_probs.device
+        n, N = item_probs.shape
+        first_leaf = self.__dict__.get("_first_leaf")  # per depth: each node's first leaf in leaf order, + the end
+        if first_leaf is None or first_leaf[0].device != device or first_leaf[-1].numel() != N + 1:
+            first_leaf = [torch.arange(N + 1, device=device)]
+            for d in range(self.num_levels - 1, -1, -1):
+                first_leaf.insert(0, first_leaf[0][trie.child_start[d]])
+            self.__dict__["_first_leaf"] = first_leaf
+        mass0 = torch.zeros(n, self.level_sizes[0], device=device).index_add_(1, self.item_codes[:, 0], item_probs)
+        out = [mass0 / mass0.sum(1, keepdim=True).clamp(min=1e-30)]
+        paths = trie.paths(targets)  # [n, C]
+        for level in range(1, self.num_levels):
+            start = first_leaf[level][paths[:, level]]  # [n] the prefix's leaves are start : end
+            end = first_leaf[level][paths[:, level] + 1]
+            width = int((first_leaf[level][1:] - first_leaf[level][:-1]).max())
+            leaf = start[:, None] + torch.arange(width, device=device)  # [n, W]
+            inside = leaf < end[:, None]
+            window = item_probs.gather(1, trie.leaf_item[leaf.clamp(max=N - 1)]).masked_fill(~inside, 0.0)
+            cum = F.pad(window.cumsum(1, dtype=torch.float64), (1, 0))  # [n, W + 1]
+            child, valid = trie.children(level, paths[:, level])  # [n, M]
+            lo = (first_leaf[level + 1][child] - start[:, None]).clamp(0, width)
+            hi = (first_leaf[level + 1][child + 1] - start[:, None]).clamp(0, width)
+            mass = torch.where(valid, cum.gather(1, hi) - cum.gather(1, lo), 0.0)
+            mass = mass / mass.sum(1, keepdim=True).clamp(min=1e-300)
+            K = self.level_sizes[level]
+            q = torch.zeros(n, K + 1, dtype=torch.float64, device=device)
+            q.scatter_(1, torch.where(valid, trie.node_code[level][child], K), mass)
+            out.append(q[:, :K].float())
+        return out
+
+    def forward(self, batch: Batch, label_smoothing: float = 0.0, teacher: Tensor | None = None,
+                distill: float = 0.0) -> Output:
         """Teacher-forced loss. targets [B]: one target after each history. targets [B, T] (causal encoder
         only): the item after every history position, all trained in one pass; the decoder of the target
-        after position w attends only to tokens of items <= w, exactly what it would see given that prefix."""
+        after position w attends only to tokens of items <= w, exactly what it would see given that prefix.
+
+        `teacher` [n, N]: a distribution over the catalogue for each live target (in the order of
+        `targets[targets >= 0]`). Each level's loss is then (1 - distill) x the cross-entropy with the true code
+        + distill x the KL divergence from the teacher's code distribution (`code_distributions`) to the model's,
+        both given the true prefix."""
         targets = batch.targets
         assert targets is not None
         memory = self.encode(batch)
@@ -373,16 +418,23 @@ class Tiger(nn.Module):
         hidden = hidden[live]  # [n, C, D] only real targets
         codes = codes[live]  # [n, C]
         paths = self.trie.paths(targets[live]) if self.cfg.trie_softmax else None  # [n, C] prefix nodes
+        soft = self.code_distributions(teacher, targets[live]) if teacher is not None and distill > 0 else None
         logits, losses = [], []
         for level in range(C):
             lo = int(self.offsets[level])
             z = hidden[:, level] @ self.head.weight[lo : lo + self.level_sizes[level]].T  # [n, K_l]
             logits.append(z)
-            if paths is None:
-                losses.append(F.cross_entropy(z.float(), codes[:, level], label_smoothing=label_smoothing))
+            mask = None if paths is None else self.trie.child_mask(level, paths[:, level], self.level_sizes[level])
+            if mask is None:
+                loss = F.cross_entropy(z.float(), codes[:, level], label_smoothing=label_smoothing)
             else:
-                mask = self.trie.child_mask(level, paths[:, level], self.level_sizes[level])
-                losses.append(_masked_cross_entropy(z.float(), codes[:, level], mask, label_smoothing))
+                loss = _masked_cross_entropy(z.float(), codes[:, level], mask, label_smoothing)
+            if soft is not None:
+                logp = F.log_softmax(z.float() if mask is None else z.float().masked_fill(~mask, float("-inf")), -1)
+                q = soft[level]  # zero wherever the model's softmax is masked (no item there)
+                kl = (torch.xlogy(q, q) - q * logp.masked_fill(q == 0, 0.0)).sum(1).mean()
+                loss = (1 - distill) * loss + distill * kl
+            losses.append(loss)
         return Output(loss=torch.stack(losses).mean(), logits=logits)
 
     @torch.no_grad()

@@ -93,6 +93,19 @@ def validate(model: nn.Module, ws: Workspace, cfg: Config, dist: DistInfo) -> di
     return result.metrics
 
 
+def load_teacher(run_dir: Path, ws: Workspace, device: str) -> nn.Module:
+    """The collab stage's selected SASRec, the teacher of `train.distill`."""
+    path = run_dir / "collab" / "sasrec" / "best"
+    if not (path / "model.safetensors").is_file():
+        raise GenrecError(f"train.distill needs the collab stage's model, but {path} has none; "
+                          f"run 'genrec collab' (or set train.distill=0)")
+    teacher = ckpt.load_model(path)
+    if getattr(teacher, "method", None) != "sasrec" or teacher.num_items != len(ws.item_ids):
+        raise GenrecError(f"{path} is not a SASRec over this catalogue's {len(ws.item_ids)} items; "
+                          f"rerun 'genrec collab' (or pass --force)")
+    return teacher.to(device).eval()
+
+
 def train(cfg: Config, run_dir: Path, out_dir: Path, dist: DistInfo, item_codes: Any = None) -> dict[str, Any]:
     """Train into out_dir (resuming from its latest checkpoint), leaving the selected model in out_dir/best.
     `item_codes` [N, C] replaces the quantize stage's semantic IDs (for a model that needs none)."""
@@ -119,6 +132,7 @@ def train(cfg: Config, run_dir: Path, out_dir: Path, dist: DistInfo, item_codes:
         state = saved["state"]
         ckpt.set_rng_state(saved["rng"])
         logger.info("resuming from %s (step %d)", latest, state["step"])
+    teacher = load_teacher(run_dir, ws, dist.device) if t.distill > 0 else None
     net = DistributedDataParallel(model) if dist.world_size > 1 else model
     autocast = (torch.autocast("cpu" if dist.device == "cpu" else "cuda", dtype=torch.bfloat16)
                 if t.dtype == "bfloat16" else nullcontext())
@@ -141,8 +155,10 @@ def train(cfg: Config, run_dir: Path, out_dir: Path, dist: DistInfo, item_codes:
         model.train()
         batch = examples.batch(index).to(dist.device)
         targets = examples.num_targets(index)
+        soft = {} if teacher is None else {
+            "teacher": teacher.next_item_probs(batch, t.distill_temperature), "distill": t.distill}
         with autocast:
-            loss = net(batch, label_smoothing=t.label_smoothing).loss
+            loss = net(batch, label_smoothing=t.label_smoothing, **soft).loss
         # DDP averages gradients over processes; weighting each process's mean by its share of the global
         # batch's targets makes that average the mean over all targets, as in one process
         (loss * (targets * dist.world_size / examples.num_targets(global_index))).backward()
