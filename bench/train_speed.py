@@ -3,7 +3,8 @@
     python bench/train_speed.py --run-dir runs/bench-beauty [-c configs/beauty.yaml] [overrides ...] [--steps 10]
 
 Times `--steps` optimizer steps after 4 warm-up steps on the first batches of epoch 0 and prints targets/s
-(a target is one next item to predict). The run directory must hold prepare and quantize outputs.
+(a target is one next item to predict), the teacher's forward pass included with train.distill > 0. The run
+directory must hold prepare and quantize outputs (and collab's model for distillation).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 
 from genrec.batches import TrainExamples, TrainWindows
 from genrec.config import load_config
-from genrec.train import build_model, make_optimizer
+from genrec.train import build_model, load_teacher, make_optimizer
 from genrec.workspace import load_workspace
 
 
@@ -36,13 +37,16 @@ def main() -> None:
     examples = (TrainWindows if model.all_positions else TrainExamples)(ws.split.train, ws.user_bucket,
                                                                           cfg.data.max_history)
     batches = examples.epoch_batches(0, cfg.train.batch_size, 0)
+    teacher = load_teacher(Path(args.run_dir), ws, "cpu") if cfg.train.distill > 0 and cfg.model.kind == "tiger" else None
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.train.dtype == "bfloat16" else nullcontext()
     targets, seconds = 0, 0.0
     for i, index in enumerate(batches[: 4 + args.steps]):
         batch = examples.batch(index)
         start = time.perf_counter()
+        soft = {} if teacher is None else {
+            "teacher": teacher.next_item_probs(batch, cfg.train.distill_temperature), "distill": cfg.train.distill}
         with autocast:
-            loss = model(batch, label_smoothing=cfg.train.label_smoothing).loss
+            loss = model(batch, label_smoothing=cfg.train.label_smoothing, **soft).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -103,7 +103,7 @@ def test_semantic_ids_come_from_the_collaborative_embeddings(finished_run, tmp_p
 
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
-    overrides = [o for o in overrides if not o.startswith("run_dir=")] + [f"run_dir={copy}", "collab.enabled=false"]
+    overrides = [o for o in overrides if not o.startswith("run_dir=")] + [f"run_dir={copy}", "collab.enabled=false", "train.distill=0"]
     assert main(["run", "-c", str(TINY), *overrides, "train.max_steps=10", "train.eval_every=10"]) == 0
     assert sorted(p.name for p in (copy / "collab").iterdir()) == ["stage.json"]
     summary = json.loads((copy / "quantize" / "summary.json").read_text())

@@ -61,7 +61,8 @@ def save_model(model: nn.Module, directory: Path, extra_state: dict[str, Any] | 
 
 
 def load_model(directory: Path, map_location: str = "cpu") -> nn.Module:
-    """Rebuild a model (any kind) from a model directory written by save_model."""
+    """Rebuild a model (any kind) from a model directory written by save_model, without touching the global RNG
+    (a resumed run that loads a model after restoring its RNG state must draw what the uninterrupted run drew)."""
     directory = Path(directory)
     try:
         config = json.loads((directory / "config.json").read_text())
@@ -73,8 +74,9 @@ def load_model(directory: Path, map_location: str = "cpu") -> nn.Module:
         raise GenrecError(f"{directory} holds a corrupt model ({err}); retrain with 'genrec train --force'")
     from genrec.models import build_model
 
-    model = build_model(from_dict(ModelConfig, config["model"]), item_codes=state["item_codes"],
-                        level_sizes=config["level_sizes"], max_history=config["max_history"])
+    with torch.random.fork_rng(devices=[]):  # the random init is overwritten: leave the caller's RNG as it was
+        model = build_model(from_dict(ModelConfig, config["model"]), item_codes=state["item_codes"],
+                            level_sizes=config["level_sizes"], max_history=config["max_history"])
     model.load_state_dict(state)
     return model.eval()
 

@@ -41,7 +41,8 @@ def sasrec_config(cfg: Config) -> Config:
                         num_user_buckets=0, causal_encoder=True, trie_softmax=False)
     train = TrainConfig(batch_size=c.batch_size, lr=c.lr, weight_decay=0.0, warmup_steps=min(100, c.max_steps),
                         max_steps=c.max_steps, eval_every=c.eval_every, patience=c.patience, valid_beam_size=20,
-                        select_metric="ndcg@10", seed=c.seed, num_threads=cfg.train.num_threads)
+                        select_metric="ndcg@10", distill=0.0, seed=c.seed,
+                        num_threads=cfg.train.num_threads)
     return dataclasses.replace(cfg, model=model, train=train,
                                evaluate=dataclasses.replace(cfg.evaluate, dtype="float32"))
 

@@ -102,14 +102,14 @@ class TrainConfig:
     lr: float = 2e-3  # peak learning rate (AdamW)
     weight_decay: float = 0.01
     warmup_steps: int = 200  # linear warm-up, then cosine decay to 0 at max_steps
-    max_steps: int = 3800  # upper bound on optimizer steps
+    max_steps: int = 5400  # upper bound on optimizer steps
     max_minutes: float = 0.0  # stop after this much training time (0: no limit); the schedule still spans max_steps
     eval_every: int = 400  # steps between validation runs (model selection and early stopping)
     patience: int = 3  # stop after this many validation runs without improvement (0: never)
     valid_beam_size: int = 20  # beam width of the validation runs during training (all validation users)
     select_metric: str = "ndcg@10"  # validation metric for model selection (k <= valid_beam_size)
     label_smoothing: float = 0.0
-    distill: float = 0.0  # weight of distillation from the collab stage's SASRec (tiger only, needs collab.enabled):
+    distill: float = 0.9  # weight of distillation from the collab stage's SASRec (tiger only; needs collab.enabled):
     #                       each level's loss is (1 - distill) x cross-entropy with the true code + distill x KL from
     #                       the teacher's next-item distribution (history removed) summed to that level's codes
     distill_temperature: float = 1.0  # softmax temperature of the teacher's distribution
@@ -234,9 +234,9 @@ def validate(cfg: Config) -> None:
     if not 0.0 <= t.distill <= 1.0 or t.distill_temperature <= 0:
         raise ConfigError(f"train.distill must be in [0, 1] and train.distill_temperature above 0, got "
                           f"{t.distill} and {t.distill_temperature}")
-    if t.distill > 0 and (m.kind != "tiger" or not c.enabled):
-        raise ConfigError("train.distill > 0 distils the collab stage's SASRec into a tiger model: it needs "
-                          "model.kind=tiger and collab.enabled=true (or set train.distill=0)")
+    if t.distill > 0 and m.kind == "tiger" and not c.enabled:
+        raise ConfigError("train.distill > 0 distils the collab stage's SASRec, which collab.enabled=false turns off; "
+                          "set train.distill=0 as well (or keep the collab stage)")
     if not e.ks or any(k < 1 for k in e.ks):
         raise ConfigError(f"evaluate.ks must be a non-empty list of positive cut-offs, got {list(e.ks)}")
     if not set(e.splits) <= {"valid", "test"} or not e.splits:

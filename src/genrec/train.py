@@ -132,7 +132,7 @@ def train(cfg: Config, run_dir: Path, out_dir: Path, dist: DistInfo, item_codes:
         state = saved["state"]
         ckpt.set_rng_state(saved["rng"])
         logger.info("resuming from %s (step %d)", latest, state["step"])
-    teacher = load_teacher(run_dir, ws, dist.device) if t.distill > 0 else None
+    teacher = load_teacher(run_dir, ws, dist.device) if t.distill > 0 and cfg.model.kind == "tiger" else None
     net = DistributedDataParallel(model) if dist.world_size > 1 else model
     autocast = (torch.autocast("cpu" if dist.device == "cpu" else "cuda", dtype=torch.bfloat16)
                 if t.dtype == "bfloat16" else nullcontext())
