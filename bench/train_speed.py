@@ -18,7 +18,7 @@ import torch
 
 from genrec.batches import TrainExamples, TrainWindows
 from genrec.config import load_config
-from genrec.train import build_model, load_teacher, make_optimizer
+from genrec.train import build_model, distill_inputs, load_teacher, make_optimizer
 from genrec.workspace import load_workspace
 
 
@@ -43,10 +43,9 @@ def main() -> None:
     for i, index in enumerate(batches[: 4 + args.steps]):
         batch = examples.batch(index)
         start = time.perf_counter()
-        soft = {} if teacher is None else {
-            "teacher": teacher.next_item_probs(batch, cfg.train.distill_temperature), "distill": cfg.train.distill}
         with autocast:
-            loss = model(batch, label_smoothing=cfg.train.label_smoothing, **soft).loss
+            loss = model(batch, label_smoothing=cfg.train.label_smoothing,
+                         **distill_inputs(teacher, batch, cfg.train)).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

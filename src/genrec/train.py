@@ -26,10 +26,11 @@ from torch.nn.parallel import DistributedDataParallel
 from genrec import checkpoint as ckpt
 from genrec import models
 from genrec.batches import TrainExamples, TrainWindows
-from genrec.config import Config, ModelConfig
+from genrec.config import Config, ModelConfig, TrainConfig
 from genrec.distributed import DistInfo, all_reduce_sum, barrier
 from genrec.errors import GenrecError
 from genrec.evaluate import evaluate_split
+from genrec.tiger import Batch
 from genrec.workspace import Workspace, load_workspace
 
 logger = logging.getLogger(__name__)
@@ -106,6 +107,13 @@ def load_teacher(run_dir: Path, ws: Workspace, device: str) -> nn.Module:
     return teacher.to(device).eval()
 
 
+def distill_inputs(teacher: nn.Module | None, batch: Batch, t: TrainConfig) -> dict[str, Any]:
+    """The model's distillation arguments for one batch: none without a teacher."""
+    if teacher is None:
+        return {}
+    return {"teacher": teacher.next_item_probs(batch, t.distill_temperature), "distill": t.distill}
+
+
 def train(cfg: Config, run_dir: Path, out_dir: Path, dist: DistInfo, item_codes: Any = None) -> dict[str, Any]:
     """Train into out_dir (resuming from its latest checkpoint), leaving the selected model in out_dir/best.
     `item_codes` [N, C] replaces the quantize stage's semantic IDs (for a model that needs none)."""
@@ -155,10 +163,8 @@ def train(cfg: Config, run_dir: Path, out_dir: Path, dist: DistInfo, item_codes:
         model.train()
         batch = examples.batch(index).to(dist.device)
         targets = examples.num_targets(index)
-        soft = {} if teacher is None else {
-            "teacher": teacher.next_item_probs(batch, t.distill_temperature), "distill": t.distill}
         with autocast:
-            loss = net(batch, label_smoothing=t.label_smoothing, **soft).loss
+            loss = net(batch, label_smoothing=t.label_smoothing, **distill_inputs(teacher, batch, t)).loss
         # DDP averages gradients over processes; weighting each process's mean by its share of the global
         # batch's targets makes that average the mean over all targets, as in one process
         (loss * (targets * dist.world_size / examples.num_targets(global_index))).backward()
