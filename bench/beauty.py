@@ -2,14 +2,15 @@
 
     GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=100000000000 \
         python bench/beauty.py [-c configs/beauty.yaml] [overrides ...] [--baseline configs/beauty-sasrec.yaml]
-                               [--seeds 0 1 2] [--out bench/results/beauty.json]
+                               [--seeds 0 1 2 [--reuse bench/results/beauty.json]] [--out ...]
 
 Runs every stage (prepare, embed, collab, quantize, train, evaluate) of each recipe into a fresh run directory
 (runs/bench-<recipe name>[-seed<k>], deleted first), then writes the wall time of each stage (of the first
 recipe; the baseline's under "baseline"), the peak resident memory, and every metric of both as flat keys
 "{split}/{method}/{metric}@{k}" (split: valid, test; method: generative, sasrec) together with the command,
 machine and versions. With --seeds, each seed runs both recipes and the metrics become mean, std and values
-(bench/results/beauty_seeds.json).
+(bench/results/beauty_seeds.json); --reuse takes one of those seeds from an earlier single-seed result of the same
+recipes and settings (checked) instead of running it again.
 """
 
 from __future__ import annotations
@@ -72,6 +73,41 @@ def run_recipe(config: str, overrides: list[str]) -> dict:
             "metrics": results["metrics"], "omitted": results["omitted"], "train": train, "config": to_dict(cfg)}
 
 
+def recipe_overrides(recipe: str, main: str, extra: list[str], seed: int | None) -> list[str]:
+    overrides = [f"run_dir=runs/bench-{Path(recipe).stem}" + (f"-seed{seed}" if seed is not None else "")]
+    overrides += extra if recipe == main else []
+    # a seed drives every random choice of the pipeline: the collaborative model, k-means and TIGER
+    return overrides + ([f"{s}.seed={seed}" for s in ("collab", "quantize", "train")] if seed is not None else [])
+
+
+def reused_row(path: str, recipes: list[str], extra: list[str]) -> tuple[int, list[dict]]:
+    """One seed's results from a single-seed result file of the same recipes and settings, instead of a rerun:
+    (its seed, its row of per-recipe results). Exits with a one-line message if the settings differ."""
+    try:
+        saved = json.loads(Path(path).read_text())
+        seed, parts = saved["seed"], [saved] + ([saved["baseline"]] if "baseline" in saved else [])
+    except (OSError, ValueError, KeyError) as e:
+        sys.exit(f"--reuse {path}: not a single-seed result of bench/beauty.py ({e}); drop --reuse to rerun every seed")
+    if len(parts) != len(recipes):
+        sys.exit(f"--reuse {path}: it holds {len(parts)} recipe(s), this run has {len(recipes)}; drop --reuse")
+    row = []
+    for recipe, part in zip(recipes, parts):
+        expected = to_dict(load_config(recipe, recipe_overrides(recipe, recipes[0], extra, seed)))
+        got = dict(part["config"])
+        expected.pop("run_dir"), got.pop("run_dir", None)
+        if got != expected:
+            diff = sorted(f"{k}.{kk}" for k in expected for kk in expected[k]
+                          if isinstance(expected[k], dict) and got.get(k, {}).get(kk) != expected[k][kk])
+            sys.exit(f"--reuse {path}: its {recipe} settings differ from this run's at seed {seed} "
+                     f"({', '.join(diff) or 'top-level keys'}); drop --reuse to rerun that seed")
+        method = "generative" if part is saved else "sasrec"
+        row.append({"config_file": recipe, "seed": seed, "wall_seconds": part["wall_seconds"],
+                    "metrics": {k: v for k, v in saved["metrics"].items() if k.split("/")[1] == method},
+                    "train": part["train"], "config": part["config"],
+                    "reused_from": {"path": path, "command": saved["command"], "versions": saved["versions"]}})
+    return seed, row
+
+
 def summarize(per_seed: list[dict]) -> dict:
     """mean and (sample) standard deviation of every metric over seeds."""
     keys = sorted(set.intersection(*(set(r["metrics"]) for r in per_seed)))
@@ -94,21 +130,26 @@ def main() -> None:
                    help="run both recipes once per seed and write mean and std (default: the recipe's seed, once)")
     p.add_argument("--out", default="", help="JSON result (default bench/results/beauty.json, with --seeds "
                                              "bench/results/beauty_seeds.json)")
+    p.add_argument("--reuse", default="",
+                   help="with --seeds: take one seed from a single-seed result of the same recipes and settings "
+                        "(e.g. bench/results/beauty.json) instead of rerunning it")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     code_versions = versions()  # the code that runs, before anything changes
     recipes = [args.config] + ([args.baseline] if args.baseline else [])
     seeds = args.seeds if args.seeds else [None]
+    if args.reuse and not args.seeds:
+        sys.exit("--reuse takes one seed of a --seeds run from an earlier result; add --seeds")
+    reused = reused_row(args.reuse, recipes, args.overrides) if args.reuse else None
+    if reused and reused[0] not in seeds:
+        sys.exit(f"--reuse {args.reuse}: its seed {reused[0]} is not among --seeds {seeds}")
     runs: list[list[dict]] = []
     for seed in seeds:
-        row = []
-        for recipe in recipes:
-            overrides = [f"run_dir=runs/bench-{Path(recipe).stem}" + (f"-seed{seed}" if seed is not None else "")]
-            overrides += (args.overrides if recipe == args.config else [])
-            # a seed drives every random choice of the pipeline: the collaborative model, k-means and TIGER
-            overrides += [f"{s}.seed={seed}" for s in ("collab", "quantize", "train")] if seed is not None else []
-            row.append(run_recipe(recipe, overrides))
-        runs.append(row)
+        if reused and seed == reused[0]:
+            runs.append(reused[1])
+            continue
+        runs.append([run_recipe(recipe, recipe_overrides(recipe, args.config, args.overrides, seed))
+                     for recipe in recipes])
     head = runs[0][0]
     out = {"command": " ".join([os.path.basename(sys.executable), *sys.argv]),
            "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "machine": machine(), "versions": code_versions,
