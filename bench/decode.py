@@ -129,6 +129,17 @@ def measure(run, to_items, n_users: int, batch: int, beam: int) -> dict:
             "rss_before_mb": round(rss_before), "peak_rss_mb": round(rss_mb())}
 
 
+def time_batches(run, n_users: int, batch: int) -> dict:
+    """Wall time of `run(lo, hi)` over users [0, n_users) in batches (after one untimed warm-up batch)."""
+    batch = min(batch, n_users)
+    run(0, batch)
+    start = time.perf_counter()
+    for lo in range(0, n_users, batch):
+        run(lo, min(lo + batch, n_users))
+    seconds = time.perf_counter() - start
+    return {"users": n_users, "batch": batch, "seconds": seconds, "users_per_s": n_users / seconds}
+
+
 # ---- the Hugging Face side ---------------------------------------------------------------------------------
 def hf_model(level_sizes: list[int], cfg: ModelConfig, seed: int):
     from transformers import T5Config, T5ForConditionalGeneration
@@ -151,6 +162,16 @@ def dict_trie(tokens: np.ndarray) -> dict:
     return root
 
 
+def hf_inputs(model, tokens: np.ndarray, h: np.ndarray, item_tokens: str) -> dict:
+    """The encoder inputs of users' histories h [b, T] (-1 padded on the left), cut to the longest one."""
+    h = h[:, -int((h >= 0).sum(1).max()):]
+    if item_tokens == "sum":
+        emb = model.get_input_embeddings()(torch.from_numpy(tokens[h.clip(0)])).sum(2)  # [b, T, D]
+        return {"inputs_embeds": emb, "attention_mask": torch.from_numpy(h >= 0)}
+    ids = torch.from_numpy(np.where(h[..., None] >= 0, tokens[h.clip(0)], 0).reshape(len(h), -1))  # [b, T*C]
+    return {"input_ids": ids, "attention_mask": ids > 0}
+
+
 def hf_decoder(model, tokens: np.ndarray, hist: np.ndarray, beam: int, item_tokens: str = "codes"):
     """(run, to_items) for `measure`: generate over users' histories, one call per batch. item_tokens "codes":
     one encoder token per code (input_ids); "sum": one per item, the sum of its codes' T5 embeddings
@@ -165,16 +186,9 @@ def hf_decoder(model, tokens: np.ndarray, hist: np.ndarray, beam: int, item_toke
         return list(node) or [1]
 
     def run(lo: int, hi: int) -> torch.Tensor:
-        h = hist[lo:hi]
-        h = h[:, -int((h >= 0).sum(1).max()):]
         kw = dict(num_beams=beam, num_return_sequences=beam, max_new_tokens=C, do_sample=False,
                   prefix_allowed_tokens_fn=allowed)
-        if item_tokens == "sum":
-            emb = model.get_input_embeddings()(torch.from_numpy(tokens[h.clip(0)])).sum(2)  # [b, T, D]
-            return model.generate(inputs_embeds=emb, attention_mask=torch.from_numpy(h >= 0), **kw)
-        ids = np.where(h[..., None] >= 0, tokens[h.clip(0)], 0).reshape(len(h), -1)  # [b, T*C], left-padded
-        ids = torch.from_numpy(ids)
-        return model.generate(input_ids=ids, attention_mask=ids > 0, **kw)
+        return model.generate(**hf_inputs(model, tokens, hist[lo:hi], item_tokens), **kw)
 
     def to_items(seqs: torch.Tensor) -> np.ndarray:
         return np.array([sid_item.get(tuple(s[1 : 1 + C]), -1) for s in seqs.tolist()])
@@ -265,6 +279,20 @@ def beauty(args: argparse.Namespace, rng: np.random.Generator, q: int) -> tuple[
                     results.setdefault("hf_generate" + tag, {})[beam] = r
                     print(f"  {'hf_generate' + tag:<28} beam {beam:5d}: {r['users_per_s']:9.1f} users/s  ({r['users']} "
                           f"users, batch {r['batch']}, {r['seconds']:.1f}s, peak RSS {r['peak_rss_mb']} MB)", flush=True)
+                # the encoders alone, on the users and batches of the beam-20 runs: the share neither side can beat
+                users = sample(GENREC_USERS[20][q])
+                with autocast:
+                    r = time_batches(lambda lo, hi: net.encode(make_batch(users[lo:hi], net.cfg.num_user_buckets)),
+                                     len(users), GENREC_BATCH[20])
+                results.setdefault("genrec_encoder" + tag, {})["all"] = r
+                users = sample(HF_USERS[20][q])
+                with autocast:
+                    r = time_batches(lambda lo, hi: hf.get_encoder()(**hf_inputs(hf, tokens, users[lo:hi],
+                                                                                 net.cfg.item_tokens)),
+                                     len(users), max(1, min(256, HF_MAX_ROWS // 20)))
+                results.setdefault("hf_encoder" + tag, {})["all"] = r
+                print(f"  encoders alone{tag}: genrec {results['genrec_encoder' + tag]['all']['users_per_s']:.1f} "
+                      f"users/s, T5 {r['users_per_s']:.1f} users/s", flush=True)
         n_exact, eb = EXACT_USERS[q], min(EXACT_BATCH, EXACT_USERS[q])
         rss_before = rss_mb("VmRSS")
         reset_peak_rss()
@@ -429,7 +457,21 @@ def main() -> None:
             beauty_eval[dtype] = r
         beauty_eval["total"] = min(beauty_eval[d]["seconds"]["total"] for d in ("float32", "bfloat16"))
     validity = {m: {str(b): {k: r[k] for k in ("returned", "invalid", "users_with_duplicates")}
-                    for b, r in runs[m].items()} for m in runs if m != "genrec_exact"}
+                    for b, r in runs[m].items()} for m in runs if "returned" in next(iter(runs[m].values()))}
+    encoder_bound = {}
+    for tag in ("", "_bf16", "_paper_shape", "_paper_shape_bf16"):
+        ours, hf = users_per_s["genrec" + tag]["20"], users_per_s["hf_generate" + tag]["20"]
+        ours_enc, hf_enc = users_per_s["genrec_encoder" + tag]["all"], users_per_s["hf_encoder" + tag]["all"]
+        encoder_bound[tag.strip("_") or "float32"] = {
+            "genrec_encoder_share_beam_20": ours / ours_enc,
+            "hf_encoder_share_beam_20": hf / hf_enc,
+            "speedup_if_genrec_decoding_were_free_beam_20": ours_enc / hf,
+            "speedup_beyond_the_encoders_beam_20": (1 / hf - 1 / hf_enc) / (1 / ours - 1 / ours_enc),
+        }
+    print("\nbeam 20, the encoders' part: " + "; ".join(
+        f"{k}: genrec encoder {v['genrec_encoder_share_beam_20']:.0%} of its time, T5 encoder "
+        f"{v['hf_encoder_share_beam_20']:.0%}; free decoding would give {v['speedup_if_genrec_decoding_were_free_beam_20']:.1f}x, "
+        f"beyond the encoders {v['speedup_beyond_the_encoders_beam_20']:.1f}x" for k, v in encoder_bound.items()))
     g1000, ex = runs["genrec"][1000], runs["genrec_exact"]["all"]
     notes += [
         "users are batched in order of history length on both sides (--unsorted: random order), as genrec's "
@@ -452,6 +494,9 @@ def main() -> None:
         "beauty_eval_seconds: float32 / bfloat16 are measured runs of the evaluator (evaluate_split over valid and "
         "test, every user, k up to 1000, target ranks by pruned beam search, exclude_history as the run's config); "
         "total is the faster; projected_from_users_per_s divides 2 x 22,363 users by the beam-search rates above",
+        "encoder_bound: both sides' encoders timed alone on the beam-20 users and batches; "
+        "speedup_if_genrec_decoding_were_free = genrec encoder users/s / hf_generate users/s, the most any decoder "
+        "could give against this baseline; speedup_beyond_the_encoders compares the time past the encoder",
         "scale: uniform random 4 x 256 codes, duplicates dropped; Tiger vocabulary 4 x 256; latency_ms_batch1 is the "
         "median of single-user calls (a loaded machine stalls multi-threaded small ops: see the mean)",
     ]
@@ -467,7 +512,7 @@ def main() -> None:
         "beauty": data, "users_per_s": users_per_s, "speedup_vs_hf": speedup, "speedup_vs_hf_bf16": speedup_bf16,
         "speedup_vs_hf_best_dtype": speedup_best, "speedup_vs_hf_paper_shape": speedup_paper,
         "speedup_vs_hf_paper_shape_bf16": speedup_paper_bf16, "speedup_vs_hf_paper_shape_best_dtype": speedup_paper_best,
-        "validity": validity,
+        "validity": validity, "encoder_bound": encoder_bound,
         "beauty_eval_seconds": beauty_eval, "scale": [], "notes": notes,
     }
     if not args.skip_scale:
