@@ -8,7 +8,8 @@ walks a nested Python dict trie, the way public TIGER code decodes: genrec's def
 model with --model, else random weights) and the paper's shape (4+4 layers, one encoder token per code, random
 weights). Users/s of `beam_search` (KV cache) at beams 10, 20, 100, 1000 and of exact full-catalogue scoring
 (`score_catalog`), on Beauty-like histories. The weights differ between the two sides, so the items differ; what
-must hold is that both return only catalogue items. With --run-dir, the run's full evaluation (valid and test,
+must hold is that both return only catalogue items. Both encoders are also timed alone on the beam-20 users: no
+decoder can be faster than its encoder, which bounds the speed-up (`encoder_bound`). With --run-dir, the run's full evaluation (valid and test,
 every user, Recall/NDCG up to 1000) is timed as the evaluator runs it, in float32 and bfloat16.
 
 Part 2 (scale): uniform random 4-level semantic IDs for 100k, 1M and 10M items (duplicates dropped): trie build
