@@ -9,8 +9,9 @@ model with --model, else random weights) and the paper's shape (4+4 layers, one 
 weights). Users/s of `beam_search` (KV cache) at beams 10, 20, 100, 1000 and of exact full-catalogue scoring
 (`score_catalog`), on Beauty-like histories. The weights differ between the two sides, so the items differ; what
 must hold is that both return only catalogue items. Both encoders are also timed alone on the beam-20 users: no
-decoder can be faster than its encoder, which bounds the speed-up (`encoder_bound`). With --run-dir, the run's full evaluation (valid and test,
-every user, Recall/NDCG up to 1000) is timed as the evaluator runs it, in float32 and bfloat16.
+decoder can be faster than its encoder, which bounds the speed-up (`encoder_bound`). With --run-dir, the run's
+full evaluation (valid and test, every user, Recall/NDCG up to 1000) is timed as the evaluator runs it, in
+float32 and bfloat16.
 
 Part 2 (scale): uniform random 4-level semantic IDs for 100k, 1M and 10M items (duplicates dropped): trie build
 time and memory, and beam-20 latency at batch 1 and batch 256.
@@ -142,6 +143,11 @@ def time_batches(run, n_users: int, batch: int) -> dict:
 
 
 # ---- the Hugging Face side ---------------------------------------------------------------------------------
+def hf_batch(beam: int) -> int:
+    """Users per generate call: generate copies the encoder output and cross-attention cache per beam."""
+    return max(1, min(256, HF_MAX_ROWS // beam))
+
+
 def hf_model(level_sizes: list[int], cfg: ModelConfig, seed: int):
     from transformers import T5Config, T5ForConditionalGeneration
 
@@ -274,7 +280,7 @@ def beauty(args: argparse.Namespace, rng: np.random.Generator, q: int) -> tuple[
                 for beam in BEAMS:
                     n = HF_USERS[beam][q]
                     run, to_items = hf_decoder(hf, tokens, sample(n), beam, net.cfg.item_tokens)
-                    batch = max(1, min(256, HF_MAX_ROWS // beam))
+                    batch = hf_batch(beam)
                     with autocast:
                         r = measure(run, to_items, n, batch, beam)
                     results.setdefault("hf_generate" + tag, {})[beam] = r
@@ -290,7 +296,7 @@ def beauty(args: argparse.Namespace, rng: np.random.Generator, q: int) -> tuple[
                 with autocast:
                     r = time_batches(lambda lo, hi: hf.get_encoder()(**hf_inputs(hf, tokens, users[lo:hi],
                                                                                  net.cfg.item_tokens)),
-                                     len(users), max(1, min(256, HF_MAX_ROWS // 20)))
+                                     len(users), hf_batch(20))
                 results.setdefault("hf_encoder" + tag, {})["all"] = r
                 print(f"  encoders alone{tag}: genrec {results['genrec_encoder' + tag]['all']['users_per_s']:.1f} "
                       f"users/s, T5 {r['users_per_s']:.1f} users/s", flush=True)
