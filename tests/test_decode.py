@@ -134,6 +134,47 @@ def test_kv_cache_matches_uncached_decoding():
     torch.testing.assert_close(torch.cat(steps, dim=2), uncached, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("keys", [5, 15, 16, 40, 80])
+def test_short_attention_equals_the_fused_kernel(keys):
+    """The matmul path (below SMALL_ATTENTION keys) against torch's scaled_dot_product_attention, with a boolean
+    mask, an additive one and causal masking; a query with no allowed key stays finite."""
+    from genrec.tiger import attention, softmax
+
+    g = torch.Generator().manual_seed(keys)
+    q, k, v = (torch.randn(3, 2, keys, 8, generator=g) for _ in range(3))
+    allowed = torch.rand(3, 1, keys, keys, generator=g) < 0.6
+    allowed[..., 0] = True
+    bias = torch.randn(3, 2, keys, keys, generator=g).masked_fill(~allowed, float("-inf"))
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    for mask in (allowed, bias, None):
+        torch.testing.assert_close(attention(q, k, v, mask, False, 0.0), sdpa(q, k, v, attn_mask=mask))
+    torch.testing.assert_close(attention(q, k, v, None, True, 0.0), sdpa(q, k, v, is_causal=True))
+    allowed[0, 0, 1] = False  # query 1 of user 0 may attend nowhere
+    assert torch.isfinite(attention(q, k, v, allowed, False, 0.0)).all()
+    x = torch.randn(4, keys, generator=g) * 30
+    torch.testing.assert_close(softmax(x), torch.softmax(x, -1))
+
+
+def test_absorbed_cross_attention_equals_the_decoder_layer():
+    """Decoding one layer from node states on the absorbed memory (query and output projections folded into the
+    keys and values) gives the decoder layer's own output, with and without the recency bias."""
+    sizes = [4, 5, 3]
+    codes = random_catalog(30, sizes, seed=7)
+    for recency in (True, False):
+        model = tiny_model(codes, sizes, decoder_layers=1, causal_encoder=True)
+        if not recency:
+            model.recency_emb = None
+        elif model.recency_emb is not None:
+            assert model.recency_emb.weight.abs().sum() > 0  # random bias weights, so the bias is exercised
+        memory = model.encode(random_batch(30, 4, seed=8))
+        states = torch.randn(4, 3, 16)
+        layer = model.decoder[0]
+        want = model.dec_norm(layer.cross_part(states[:, :, None], memory.keys[0], memory.values[0], memory.mask))
+        got = model.decode_states(states, memory)
+        assert memory.absorbed is not None
+        torch.testing.assert_close(got, want[:, :, 0], atol=1e-5, rtol=1e-5)
+
+
 def test_exclude_history_drops_history_items():
     sizes = [4, 5, 3]
     codes = random_catalog(30, sizes, seed=9)

@@ -48,6 +48,37 @@ class Memory:
     mask: Tensor  # [B, 1, 1, S] True where attending is allowed (or [B, 1, W*t, S] per decoder query); with
     #               `recency_bias` a float [B, H, 1 or W*t, S]: the bias where allowed, -inf elsewhere
     token_item: Tensor  # [S] history position of each token (-1: the user token)
+    absorbed: tuple[Tensor, Tensor] | None = None  # the first decoder layer's cross-attention folded into its
+    #                                                 projections ([B, H*S, D] each, `Tiger.absorb`), made on demand
+
+
+# Below this many keys, attention runs as two batched matmuls and a softmax: the fused kernel's blocking costs
+# 2-4x more than the work at the few-token lengths of item histories and semantic IDs.
+SMALL_ATTENTION = 64
+
+
+def softmax(x: Tensor) -> Tensor:
+    """Softmax over the last dimension, in float32. torch's CPU softmax takes a path about 8x slower per element
+    when that dimension is below 16, the length of most histories; such rows run as exp / sum instead."""
+    x = x.float()
+    if x.shape[-1] >= 16:
+        return torch.softmax(x, dim=-1)
+    e = (x - x.amax(-1, keepdim=True)).exp_()
+    return e / e.sum(-1, keepdim=True)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, dropout: float) -> Tensor:
+    """Scaled dot-product attention: q [N, H, t, E], k/v [N, H, s, E], mask bool (True: attend) or additive,
+    broadcastable to [N, H, t, s]. A query with no allowed key attends uniformly (finite output)."""
+    if dropout or k.shape[-2] > SMALL_ATTENTION:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
+    s = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))  # [N, H, t, s]
+    if causal:
+        mask = torch.ones(s.shape[-2:], dtype=torch.bool, device=s.device).tril()
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask
+        s = s.clamp(min=torch.finfo(s.dtype).min)
+    return torch.matmul(softmax(s).to(v.dtype), v)
 
 
 class Attention(nn.Module):
@@ -70,7 +101,7 @@ class Attention(nn.Module):
         p = self.dropout if self.training else 0.0
         if mask is not None and mask.dtype != torch.bool and mask.dtype != q.dtype:
             mask = mask.to(q.dtype)  # an additive mask must match the (autocast) query dtype
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
+        out = attention(q, k, v, mask, causal, p)
         return self.o(out.transpose(1, 2).flatten(2))  # [N, t, D]
 
 
@@ -314,10 +345,44 @@ class Tiger(nn.Module):
             done[missing] = True
         return table[nodes]
 
+    def absorb(self, memory: Memory) -> tuple[Tensor, Tensor]:
+        """The first decoder layer's cross-attention keys and values with its query and output projections folded
+        in, per user: (K' [B, H*S, D], V' [B, H*S, D]) where K'[h, s] = Wq_h^T k_hs / sqrt(E) and
+        V'[h, s] = Wo_h v_hs. Then a query x attends with scores x . K'[h, s] = q_h . k_hs / sqrt(E) and output
+        sum_h,s p_hs V'[h, s] = Wo (concat_h sum_s p_hs v_hs): the same attention with no per-query projections,
+        as two matmuls per user with one [W, D] operand."""
+        a = self.decoder[0].cross_attn
+        H, E, D = a.h, a.e, self.cfg.d_model
+        k, v = memory.keys[0], memory.values[0]  # [B, H, S, E]
+        B, S = k.shape[0], k.shape[2]
+        wq = a.q.weight.view(H, E, D) * E**-0.5  # q_h = Wq_h x
+        wo = a.o.weight.view(D, H, E).permute(1, 2, 0)  # [H, E, D]: out = sum_h Wo_h o_h
+
+        def fold(x: Tensor, w: Tensor) -> Tensor:  # [B, H, S, E] x [H, E, D] -> [B, H*S, D], one matmul per head
+            y = torch.bmm(x.transpose(0, 1).reshape(H, B * S, E), w.to(x.dtype))  # [H, B*S, D]
+            return y.view(H, B, S, D).transpose(0, 1).reshape(B, H * S, D)
+
+        return fold(k, wq), fold(v, wo)
+
     def decode_states(self, states: Tensor, memory: Memory) -> Tensor:
-        """Self-attention states [B, W, D] -> final decoder hidden states [B, W, D] (one decoder layer)."""
-        x = self.decoder[0].cross_part(states[:, :, None], memory.keys[0], memory.values[0], memory.mask)
-        return self.dec_norm(x)[:, :, 0]
+        """Self-attention states [B, W, D] -> final decoder hidden states [B, W, D] (one decoder layer). Outside
+        training, cross-attention runs on the absorbed memory (`absorb`)."""
+        layer = self.decoder[0]
+        if self.training:
+            x = layer.cross_part(states[:, :, None], memory.keys[0], memory.values[0], memory.mask)
+            return self.dec_norm(x)[:, :, 0]
+        if memory.absorbed is None:
+            memory.absorbed = self.absorb(memory)
+        keys, values = memory.absorbed  # [B, H*S, D]
+        B, W, _ = states.shape
+        H = layer.cross_attn.h
+        s = torch.matmul(layer.ln2(states), keys.transpose(1, 2)).view(B, W, H, -1)  # [B, W, H, S]
+        mask = memory.mask.transpose(1, 2)  # [B, 1 or H, 1, S] -> [B, 1, 1 or H, S]
+        s = (s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask).clamp(
+            min=torch.finfo(s.dtype).min)
+        p = softmax(s).to(values.dtype).view(B, W, -1)  # [B, W, H*S]
+        x = states + torch.matmul(p, values)
+        return self.dec_norm(x + layer.ff(layer.ln3(x)))
 
     def decode(
         self, x: Tensor, memory: Memory, past: list[tuple[Tensor, Tensor]] | None = None
