@@ -173,6 +173,9 @@ def test_absorbed_cross_attention_equals_the_decoder_layer():
         got = model.decode_states(states, memory)
         assert memory.absorbed is not None
         torch.testing.assert_close(got, want[:, :, 0], atol=1e-5, rtol=1e-5)
+        rows = torch.tensor([[True, False, True], [False, False, False], [False, True, False], [True, True, True]])
+        torch.testing.assert_close(model.decode_states(states, memory, rows), want[:, :, 0][rows], atol=1e-5,
+                                   rtol=1e-5)
 
 
 def test_exclude_history_drops_history_items():

@@ -48,17 +48,18 @@ def _history_hits(items: Tensor, history: Tensor) -> Tensor:
 
 
 def _subset_log_probs(model: Tiger, d: int, code: Tensor, valid: Tensor, needs: Tensor, decode) -> Tensor:
-    """log p(child) [B, W, M] where only the beams in `needs` [B, W] are decoded (`decode(sel)`: the last hidden
-    state [B, W', D] of beams sel [B, W']); every other valid child is an only child: log 1 = 0."""
+    """log p(child) [B, W, M] where only the beams in `needs` [B, W] are decoded; every other valid child is an
+    only child: log 1 = 0. `decode(sel, keep)` decodes beams sel [B, W'] (each user's needed beams first, in
+    beam order, then padding) and returns the last hidden states of the kept ones (keep [B, W']), [n, D] in
+    row-major order, which is the order of `needs.nonzero()`."""
     logp = torch.zeros(code.shape, device=code.device).masked_fill(~valid, NEG_INF)
     width = int(needs.sum(1).max())
     if width == 0:
         return logp
     sel = torch.sort(needs.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :width]  # [B, W']
-    idx = sel[..., None].expand(-1, -1, code.shape[-1])  # [B, W', M]
-    lp = model.child_log_probs(decode(sel), d, code.gather(1, idx), valid.gather(1, idx))
-    keep = needs.gather(1, sel)[..., None]  # padding slots (users with fewer such beams) keep their values
-    return logp.scatter_(1, idx, torch.where(keep, lp, logp.gather(1, idx)))
+    rows = needs.nonzero(as_tuple=True)  # (user, beam) of each needed beam
+    logp[rows] = model.child_log_probs(decode(sel, needs.gather(1, sel)), d, code[rows], valid[rows])
+    return logp
 
 
 def _expand(model: Tiger, memory: Memory, trie: Trie, d: int, nodes: Tensor, prefix: Tensor, cache, cached: int,
@@ -72,15 +73,15 @@ def _expand(model: Tiger, memory: Memory, trie: Trie, d: int, nodes: Tensor, pre
     those, each feeding its positions cached..d against the shared cache."""
     needs = (valid.sum(-1) > 1 if model.cfg.trie_softmax else torch.ones_like(live)) & live
     if model.cacheless:
-        return _subset_log_probs(model, d, code, valid, needs, lambda sel: model.decode_states(
-            model.node_states(trie, d, nodes.gather(1, sel)), memory)), cache, cached
+        return _subset_log_probs(model, d, code, valid, needs, lambda sel, keep: model.decode_states(
+            model.node_states(trie, d, nodes.gather(1, sel)), memory, keep)), cache, cached
     if not model.cfg.trie_softmax or 2 * int(needs.sum()) > int(live.sum()):
         hidden, cache = model.decode(model.decoder_inputs(prefix, cached), memory, cache)
         return model.child_log_probs(hidden[:, :, -1], d, code, valid), cache, d + 1
 
-    def decode(sel: Tensor) -> Tensor:
+    def decode(sel: Tensor, keep: Tensor) -> Tensor:
         x = model.decoder_inputs(prefix.gather(1, sel[..., None].expand(-1, -1, d)), cached)
-        return model.decode(x, memory, None if cache is None else _reorder(cache, sel))[0][:, :, -1]
+        return model.decode(x, memory, None if cache is None else _reorder(cache, sel))[0][:, :, -1][keep]
 
     return _subset_log_probs(model, d, code, valid, needs, decode), cache, cached
 

@@ -364,13 +364,15 @@ class Tiger(nn.Module):
 
         return fold(k, wq), fold(v, wo)
 
-    def decode_states(self, states: Tensor, memory: Memory) -> Tensor:
-        """Self-attention states [B, W, D] -> final decoder hidden states [B, W, D] (one decoder layer). Outside
+    def decode_states(self, states: Tensor, memory: Memory, rows: Tensor | None = None) -> Tensor:
+        """Self-attention states [B, W, D] -> final decoder hidden states [B, W, D] (one decoder layer), or with
+        `rows` [B, W] (bool) those rows' only, [n, D]: the feed-forward, the costly part, skips the rest. Outside
         training, cross-attention runs on the absorbed memory (`absorb`)."""
         layer = self.decoder[0]
         if self.training:
-            x = layer.cross_part(states[:, :, None], memory.keys[0], memory.values[0], memory.mask)
-            return self.dec_norm(x)[:, :, 0]
+            x = layer.cross_part(states[:, :, None], memory.keys[0], memory.values[0], memory.mask)[:, :, 0]
+            x = self.dec_norm(x)
+            return x if rows is None else x[rows]
         if memory.absorbed is None:
             memory.absorbed = self.absorb(memory)
         keys, values = memory.absorbed  # [B, H*S, D]
@@ -382,6 +384,8 @@ class Tiger(nn.Module):
             min=torch.finfo(s.dtype).min)
         p = softmax(s).to(values.dtype).view(B, W, -1)  # [B, W, H*S]
         x = states + torch.matmul(p, values)
+        if rows is not None:
+            x = x[rows]
         return self.dec_norm(x + layer.ff(layer.ln3(x)))
 
     def decode(
