@@ -148,7 +148,7 @@ def target_scores(model: Tiger, memory: Memory, targets: Tensor, trie: Trie) -> 
 
 
 def _keep_users(memory: Memory, keep: Tensor) -> Memory:
-    absorbed = None if memory.absorbed is None else (memory.absorbed[0][keep], memory.absorbed[1][keep])
+    absorbed = None if memory.absorbed is None else tuple(t[keep] for t in memory.absorbed)
     return Memory([k[keep] for k in memory.keys], [v[keep] for v in memory.values], memory.mask[keep],
                   memory.token_item, absorbed)
 

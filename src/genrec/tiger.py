@@ -48,8 +48,8 @@ class Memory:
     mask: Tensor  # [B, 1, 1, S] True where attending is allowed (or [B, 1, W*t, S] per decoder query); with
     #               `recency_bias` a float [B, H, 1 or W*t, S]: the bias where allowed, -inf elsewhere
     token_item: Tensor  # [S] history position of each token (-1: the user token)
-    absorbed: tuple[Tensor, Tensor] | None = None  # the first decoder layer's cross-attention folded into its
-    #                                                 projections ([B, H*S, D] each, `Tiger.absorb`), made on demand
+    absorbed: tuple[Tensor, Tensor, Tensor] | None = None  # the first decoder layer's cross-attention folded
+    #                                                          into its projections (`Tiger.absorb`), made on demand
 
 
 # Below this many keys, attention runs as two batched matmuls and a softmax: the fused kernel's blocking costs
@@ -345,12 +345,13 @@ class Tiger(nn.Module):
             done[missing] = True
         return table[nodes]
 
-    def absorb(self, memory: Memory) -> tuple[Tensor, Tensor]:
+    def absorb(self, memory: Memory) -> tuple[Tensor, Tensor, Tensor]:
         """The first decoder layer's cross-attention keys and values with its query and output projections folded
-        in, per user: (K' [B, H*S, D], V' [B, H*S, D]) where K'[h, s] = Wq_h^T k_hs / sqrt(E) and
-        V'[h, s] = Wo_h v_hs. Then a query x attends with scores x . K'[h, s] = q_h . k_hs / sqrt(E) and output
-        sum_h,s p_hs V'[h, s] = Wo (concat_h sum_s p_hs v_hs): the same attention with no per-query projections,
-        as two matmuls per user with one [W, D] operand."""
+        in, per user: K' [B, H*S, D] and V' [B, H*S, D] where K'[h, s] = Wq_h^T k_hs / sqrt(E) and
+        V'[h, s] = Wo_h v_hs, and the mask as a finite additive float [B, 1, 1 or H, S]. A query x then attends
+        with scores x . K'[h, s] = q_h . k_hs / sqrt(E) and output sum_h,s p_hs V'[h, s] = Wo (concat_h
+        sum_s p_hs v_hs): the same attention with no per-query projections, as two matmuls per user with one
+        [W, D] operand."""
         a = self.decoder[0].cross_attn
         H, E, D = a.h, a.e, self.cfg.d_model
         k, v = memory.keys[0], memory.values[0]  # [B, H, S, E]
@@ -362,7 +363,10 @@ class Tiger(nn.Module):
             y = torch.bmm(x.transpose(0, 1).reshape(H, B * S, E), w.to(x.dtype))  # [H, B*S, D]
             return y.view(H, B, S, D).transpose(0, 1).reshape(B, H * S, D)
 
-        return fold(k, wq), fold(v, wo)
+        mask = memory.mask.transpose(1, 2)  # [B, 1 or H, 1, S] -> [B, 1, 1 or H, S]
+        mask = torch.where(mask, 0.0, float("-inf")) if mask.dtype == torch.bool else mask.float()
+        # a finite floor: a query with nowhere to attend gets a uniform (finite) mix instead of NaN
+        return fold(k, wq), fold(v, wo), mask.clamp(min=-1e30)
 
     def decode_states(self, states: Tensor, memory: Memory, rows: Tensor | None = None) -> Tensor:
         """Self-attention states [B, W, D] -> final decoder hidden states [B, W, D] (one decoder layer), or with
@@ -375,14 +379,11 @@ class Tiger(nn.Module):
             return x if rows is None else x[rows]
         if memory.absorbed is None:
             memory.absorbed = self.absorb(memory)
-        keys, values = memory.absorbed  # [B, H*S, D]
+        keys, values, mask = memory.absorbed  # [B, H*S, D] x 2, [B, 1, 1 or H, S]
         B, W, _ = states.shape
         H = layer.cross_attn.h
         s = torch.matmul(layer.ln2(states), keys.transpose(1, 2)).view(B, W, H, -1)  # [B, W, H, S]
-        mask = memory.mask.transpose(1, 2)  # [B, 1 or H, 1, S] -> [B, 1, 1 or H, S]
-        s = (s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask).clamp(
-            min=torch.finfo(s.dtype).min)
-        p = softmax(s).to(values.dtype).view(B, W, -1)  # [B, W, H*S]
+        p = softmax(s + mask).to(values.dtype).view(B, W, -1)  # [B, W, H*S]
         x = states + torch.matmul(p, values)
         if rows is not None:
             x = x[rows]
