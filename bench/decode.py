@@ -51,11 +51,12 @@ SPECIALS = 2  # T5 vocabulary: 0 = pad (also the decoder start), 1 = eos; codes 
 
 # Users timed per measurement: (default, --quick). Per-beam batch sizes: genrec shares the encoder memory
 # across beams, so its cost per batch is ~B*W decoder rows; HF copies the encoder output and its cross-attention
-# cache per beam (~1 MB per beam for an 80-token history), so its batch is capped at HF_MAX_ROWS beams.
-GENREC_USERS = {10: (1024, 128), 20: (1024, 128), 100: (512, 64), 1000: (64, 8)}
+# cache per beam (~1 MB per beam for an 80-token history), so its batch is capped at HF_MAX_ROWS beams, and at
+# HF_MAX_BATCH users: its rate is highest at 64 to 128 users per call and lower at 256 (measured at beams 10, 20).
+GENREC_USERS = {10: (2048, 128), 20: (2048, 128), 100: (512, 64), 1000: (64, 8)}
 GENREC_BATCH = {10: 256, 20: 256, 100: 256, 1000: 32}
-HF_USERS = {10: (256, 16), 20: (128, 8), 100: (32, 2), 1000: (4, 1)}
-HF_MAX_ROWS = 4096
+HF_USERS = {10: (256, 16), 20: (256, 8), 100: (32, 2), 1000: (4, 1)}
+HF_MAX_ROWS, HF_MAX_BATCH = 4096, 128
 EXACT_USERS, EXACT_BATCH = (8, 1), 4  # score_catalog holds ~0.8 GB per user (all trie nodes' caches)
 SCALE_ITEMS = ((100_000, 1_000_000, 10_000_000), (100_000, 1_000_000))
 SCALE_BATCH1_USERS, SCALE_BATCH256_BATCHES = (16, 8), (2, 1)
@@ -145,7 +146,7 @@ def time_batches(run, n_users: int, batch: int) -> dict:
 # ---- the Hugging Face side ---------------------------------------------------------------------------------
 def hf_batch(beam: int) -> int:
     """Users per generate call: generate copies the encoder output and cross-attention cache per beam."""
-    return max(1, min(256, HF_MAX_ROWS // beam))
+    return max(1, min(HF_MAX_BATCH, HF_MAX_ROWS // beam))
 
 
 def hf_model(level_sizes: list[int], cfg: ModelConfig, seed: int):
@@ -495,8 +496,8 @@ def main() -> None:
         f"genrec batch {g1000['batch']} at beam 1000: RSS {g1000['rss_before_mb']} MB before, peak "
         f"{g1000['peak_rss_mb']} MB",
         f"score_catalog: batch {ex['batch']}, RSS {ex['rss_before_mb']} MB before, peak {ex['peak_rss_mb']} MB",
-        f"hf_generate batch = min(256, {HF_MAX_ROWS} // beam): generate copies encoder outputs and the "
-        "cross-attention cache per beam",
+        f"hf_generate batch = min({HF_MAX_BATCH}, {HF_MAX_ROWS} // beam): generate copies encoder outputs and the "
+        "cross-attention cache per beam; its rate was highest at 64 to 128 users per call and lower at 256",
         "T5 has relative position buckets and a ReLU feed-forward; Tiger has learned positions, GELU and a user token",
         "beauty_eval_seconds: float32 / bfloat16 are measured runs of the evaluator (evaluate_split over valid and "
         "test, every user, k up to 1000, target ranks by pruned beam search, exclude_history as the run's config); "
