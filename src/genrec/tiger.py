@@ -75,9 +75,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool
     s = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))  # [N, H, t, s]
     if causal:
         mask = torch.ones(s.shape[-2:], dtype=torch.bool, device=s.device).tril()
-    if mask is not None:
-        s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask
-        s = s.clamp(min=torch.finfo(s.dtype).min)
+    floor = torch.finfo(s.dtype).min  # not -inf, so that a query with no allowed key gets a finite output
+    if mask is not None and mask.dtype == torch.bool:
+        s = s.masked_fill(~mask, floor)
+    elif mask is not None:
+        s = (s + mask).clamp(min=floor)
     return torch.matmul(softmax(s).to(v.dtype), v)
 
 
