@@ -23,11 +23,14 @@ def random_catalog(n: int, sizes: list[int], seed: int) -> np.ndarray:
 
 
 def tiny_model(codes: np.ndarray, sizes: list[int], item_tokens: str = "codes", seed: int = 0,
-               causal_encoder: bool = False, trie_softmax: bool = False, decoder_layers: int = 2) -> Tiger:
-    """decoder_layers=2 decodes with a KV cache; 1 without one (per-node self-attention states)."""
+               causal_encoder: bool = False, trie_softmax: bool = False, decoder_layers: int = 2,
+               num_user_buckets: int = 7) -> Tiger:
+    """decoder_layers=2 decodes with a KV cache; 1 without one (per-node self-attention states);
+    num_user_buckets=0: no user token, the history alone (the default recipe)."""
     torch.manual_seed(seed)
     cfg = ModelConfig(d_model=16, num_heads=2, head_dim=8, d_ff=32, encoder_layers=1, decoder_layers=decoder_layers,
-                      dropout=0.0, item_tokens=item_tokens, num_user_buckets=7, causal_encoder=causal_encoder,
+                      dropout=0.0, item_tokens=item_tokens, num_user_buckets=num_user_buckets,
+                      causal_encoder=causal_encoder,
                       trie_softmax=trie_softmax)
     model = Tiger(cfg=cfg, item_codes=torch.from_numpy(codes), level_sizes=sizes, max_history=5)
     for p in model.parameters():  # larger weights than the init so that scores are well spread
@@ -199,9 +202,10 @@ def test_beam_larger_than_catalog_pads_with_minus_one():
     assert torch.isinf(result.scores[:, 7:]).all()
 
 
+@pytest.mark.parametrize("users", [7, 0])
 @pytest.mark.parametrize("use_kv_cache, decoder_layers", [(True, 2), (False, 2), (True, 1)])
 @pytest.mark.parametrize("catalog", [([3, 6, 5], 70, 0), ([3, 30, 30], 50, 12)])
-def test_trie_softmax_full_beam_is_the_exact_ranking_and_a_distribution(use_kv_cache, decoder_layers, catalog):
+def test_trie_softmax_full_beam_is_the_exact_ranking_and_a_distribution(use_kv_cache, decoder_layers, catalog, users):
     """With trie_softmax a node with one child is never decoded and the beams that need a step feed their
     pending positions against the shared cache (the second catalogue: level-2 nodes mostly have one child, so
     a collision at level 3 decodes positions 2 and 3 at once); the result must still equal per-item teacher
@@ -211,7 +215,8 @@ def test_trie_softmax_full_beam_is_the_exact_ranking_and_a_distribution(use_kv_c
     sizes = [*level_sizes, int(codes[:, -1].max()) + 1]
     N = codes.shape[0]
     for causal in (False, True):
-        model = tiny_model(codes, sizes, "sum", causal_encoder=causal, trie_softmax=True, decoder_layers=decoder_layers)
+        model = tiny_model(codes, sizes, "sum", causal_encoder=causal, trie_softmax=True, decoder_layers=decoder_layers,
+                           num_user_buckets=users)
         batch = random_batch(N, 5, seed=22)
         reference = brute_force_scores(model, batch)
         torch.testing.assert_close(reference.exp().sum(1), torch.ones(5), atol=1e-5, rtol=1e-5)
@@ -303,9 +308,10 @@ def test_one_pass_training_equals_one_example_per_target():
     codes = random_catalog(30, sizes, seed=13)
     torch.manual_seed(0)
     cfg = ModelConfig(d_model=16, num_heads=2, head_dim=8, d_ff=32, encoder_layers=2, decoder_layers=1, dropout=0.0,
-                      num_user_buckets=5, causal_encoder=True)
-    for item_tokens in ("codes", "sum"):
-        model = Tiger(cfg=cfg.__class__(**{**cfg.__dict__, "item_tokens": item_tokens}),
+                      causal_encoder=True)
+    for item_tokens, num_user_buckets in (("codes", 5), ("sum", 5), ("sum", 0)):
+        model = Tiger(cfg=cfg.__class__(**{**cfg.__dict__, "item_tokens": item_tokens,
+                                           "num_user_buckets": num_user_buckets}),
                       item_codes=torch.from_numpy(codes), level_sizes=sizes, max_history=6)
         torch.nn.init.normal_(model.recency_emb.weight)  # zero at init; the per-target recency must line up too
         rng = np.random.default_rng(1)
