@@ -44,8 +44,9 @@ def machine() -> dict:
 
 def versions() -> dict:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                                text=True).stdout.strip())
+    # results this script wrote in an earlier run (beauty.json before --seeds --reuse) do not change the code
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                 ":(exclude)bench/results"], capture_output=True, text=True).stdout.strip())
     return {"python": platform.python_version(), "torch": torch.__version__, "genrec": genrec.__version__,
             "genrec_commit": commit, "tree_modified": dirty}
 
