@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -30,8 +32,7 @@ def tiny_model(codes: np.ndarray, sizes: list[int], item_tokens: str = "codes", 
     torch.manual_seed(seed)
     cfg = ModelConfig(d_model=16, num_heads=2, head_dim=8, d_ff=32, encoder_layers=1, decoder_layers=decoder_layers,
                       dropout=0.0, item_tokens=item_tokens, num_user_buckets=num_user_buckets,
-                      causal_encoder=causal_encoder,
-                      trie_softmax=trie_softmax)
+                      causal_encoder=causal_encoder, trie_softmax=trie_softmax)
     model = Tiger(cfg=cfg, item_codes=torch.from_numpy(codes), level_sizes=sizes, max_history=5)
     for p in model.parameters():  # larger weights than the init so that scores are well spread
         torch.nn.init.normal_(p, std=0.5)
@@ -310,8 +311,7 @@ def test_one_pass_training_equals_one_example_per_target():
     cfg = ModelConfig(d_model=16, num_heads=2, head_dim=8, d_ff=32, encoder_layers=2, decoder_layers=1, dropout=0.0,
                       causal_encoder=True)
     for item_tokens, num_user_buckets in (("codes", 5), ("sum", 5), ("sum", 0)):
-        model = Tiger(cfg=cfg.__class__(**{**cfg.__dict__, "item_tokens": item_tokens,
-                                           "num_user_buckets": num_user_buckets}),
+        model = Tiger(cfg=dataclasses.replace(cfg, item_tokens=item_tokens, num_user_buckets=num_user_buckets),
                       item_codes=torch.from_numpy(codes), level_sizes=sizes, max_history=6)
         torch.nn.init.normal_(model.recency_emb.weight)  # zero at init; the per-target recency must line up too
         rng = np.random.default_rng(1)

@@ -88,7 +88,7 @@ class ModelConfig:
     item_tokens: str = "sum"  # "sum": one encoder token per item (sum of its code embeddings); "codes": one per code (paper)
     num_user_buckets: int = 0  # hashed user-id tokens prepended to the history (0: none; paper: 2000). A bucket
     #                             is shared by many users, so its token is noise unless users are few per bucket;
-    #                             on Beauty validation none beat 2000 at every evaluation (N@10 +4%, bench/NOTES.md)
+    #                             on Beauty validation 0 beat 2000 at every evaluation (N@10 +4%, bench/NOTES.md)
     causal_encoder: bool = True  # causal history encoder: every position of a sequence trains in one pass (paper: False)
     recency_bias: bool = True  # a learned per-head bias on cross-attention by how many items ago a token's item
     #                             came (positions count from the first item, so nothing else tells the decoder
