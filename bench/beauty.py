@@ -19,36 +19,19 @@ import argparse
 import json
 import logging
 import os
-import platform
 import resource
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
+from meta import machine, versions
 
-import genrec
 from genrec.config import load_config, to_dict
 from genrec.distributed import DistInfo
-from genrec.evaluate import format_table
-from genrec.pipeline import STAGES, run
-
-
-def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    mem = next((int(line.split()[1]) // 1024 for line in open("/proc/meminfo") if line.startswith("MemTotal")), 0)
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_mb": mem, "platform": platform.platform()}
-
-
-def versions() -> dict:
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    # results this script wrote in an earlier run (beauty.json before --seeds --reuse) do not change the code
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                 ":(exclude)bench/results"], capture_output=True, text=True).stdout.strip())
-    return {"python": platform.python_version(), "torch": torch.__version__, "genrec": genrec.__version__,
-            "genrec_commit": commit, "tree_modified": dirty}
+from genrec.evaluation.evaluator import format_table
+from genrec.pipeline import run
+from genrec.rundir import STAGES, RunDir
 
 
 def run_recipe(config: str, overrides: list[str]) -> dict:
@@ -66,8 +49,9 @@ def run_recipe(config: str, overrides: list[str]) -> dict:
     start = time.perf_counter()
     run(cfg, DistInfo(), stages=STAGES, force=True, on_stage=on_stage)
     wall["total"] = round(time.perf_counter() - start, 1)
-    results = json.loads((Path(cfg.run_dir) / "evaluate" / "results.json").read_text())
-    train = json.loads((Path(cfg.run_dir) / "train" / "summary.json").read_text())
+    run_dir = RunDir(cfg.run_dir)
+    results = json.loads(run_dir.results.read_text())
+    train = json.loads((run_dir.stage("train") / "summary.json").read_text())
     print(format_table(results["metrics"], cfg.evaluate.ks))
     print(f"{config}: wall seconds {wall}", flush=True)
     return {"config_file": config, "run_dir": str(cfg.run_dir), "seed": cfg.train.seed, "wall_seconds": wall,

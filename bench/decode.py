@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,15 +32,18 @@ import numpy as np
 import torch
 
 import genrec
-from genrec.checkpoint import load_model
-from genrec.config import ModelConfig
-from genrec.decode import beam_search, score_catalog
-from genrec.rqkmeans import add_collision_level
-from genrec.tiger import Batch, Tiger
-from genrec.trie import build_trie
+from meta import machine, versions
 
-# The paper's model shape, for the side-by-side with T5; genrec's default recipe (ModelConfig()) is measured too.
-PAPER_SHAPE = ModelConfig(decoder_layers=4, item_tokens="codes", causal_encoder=False, trie_softmax=False)
+from genrec.config import TigerConfig
+from genrec.data.batches import Batch
+from genrec.ids.rqkmeans import add_collision_level
+from genrec.ids.trie import build_trie
+from genrec.models.checkpoint import load_model
+from genrec.models.tiger import Tiger
+from genrec.search import beam_search, score_catalog
+
+# The paper's model shape, for the side-by-side with T5; genrec's default recipe (TigerConfig()) is measured too.
+PAPER_SHAPE = TigerConfig(decoder_layers=4, item_tokens="codes", causal_encoder=False, trie_softmax=False)
 BEAUTY_ITEMS, BEAUTY_USERS = 12_101, 22_363  # users evaluated on each of the valid and test splits
 BEAMS = (10, 20, 100, 1000)
 MAX_HISTORY = 20
@@ -157,7 +158,7 @@ def hf_batch(beam: int) -> int:
     return max(1, min(HF_MAX_BATCH, HF_MAX_ROWS // beam))
 
 
-def hf_model(level_sizes: list[int], cfg: ModelConfig, seed: int):
+def hf_model(level_sizes: list[int], cfg: TigerConfig, seed: int):
     from transformers import T5Config, T5ForConditionalGeneration
 
     torch.manual_seed(seed + 1)
@@ -229,9 +230,9 @@ def beauty(args: argparse.Namespace, rng: np.random.Generator, q: int) -> tuple[
             codes = skewed_codes(rng, BEAUTY_ITEMS)
         sizes = [256] * (codes.shape[1] - 1) + [int(codes[:, -1].max()) + 1]
         torch.manual_seed(args.seed)
-        model = Tiger(cfg=ModelConfig(), item_codes=torch.from_numpy(codes), level_sizes=sizes,
+        model = Tiger(cfg=TigerConfig(), item_codes=torch.from_numpy(codes), level_sizes=sizes,
                       max_history=MAX_HISTORY).eval()
-        notes.append("default shape: ModelConfig() with random weights")
+        notes.append("default shape: TigerConfig() with random weights")
     sizes, N = model.level_sizes, len(codes)
     torch.manual_seed(args.seed)
     paper = Tiger(cfg=PAPER_SHAPE, item_codes=torch.from_numpy(codes), level_sizes=sizes,
@@ -259,7 +260,7 @@ def beauty(args: argparse.Namespace, rng: np.random.Generator, q: int) -> tuple[
         buckets = net.cfg.num_user_buckets
 
         def run(lo: int, hi: int) -> torch.Tensor:
-            return beam_search(net, make_batch(users[lo:hi], buckets), trie, beam_size=beam, use_kv_cache=True).items
+            return beam_search(net.code_decoder(trie), make_batch(users[lo:hi], buckets), trie, beam_size=beam).items
         return run
 
     def genrec_items(items: torch.Tensor) -> np.ndarray:
@@ -277,7 +278,7 @@ def beauty(args: argparse.Namespace, rng: np.random.Generator, q: int) -> tuple[
                 tag = shape + DTYPES[dtype]
                 autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
                 with autocast:
-                    beam_search(net, make_batch(hist[:8], net.cfg.num_user_buckets), trie, beam_size=10)  # warm-up
+                    beam_search(net.code_decoder(trie), make_batch(hist[:8], net.cfg.num_user_buckets), trie, beam_size=10)  # warm-up
                     hf_decoder(hf, tokens, hist, 10, net.cfg.item_tokens)[0](0, 4)
                 for beam in BEAMS:
                     with autocast:
@@ -315,7 +316,7 @@ def beauty(args: argparse.Namespace, rng: np.random.Generator, q: int) -> tuple[
         start = time.perf_counter()
         exact_users = sample(n_exact)
         for lo in range(0, n_exact, eb):
-            scores = score_catalog(model, make_batch(exact_users[lo : lo + eb], model.cfg.num_user_buckets),
+            scores = score_catalog(model.code_decoder(trie), make_batch(exact_users[lo : lo + eb], model.cfg.num_user_buckets),
                                    trie)
         seconds = time.perf_counter() - start
         assert scores.shape[1] == N and bool(torch.isfinite(scores).all())
@@ -330,12 +331,14 @@ def beauty(args: argparse.Namespace, rng: np.random.Generator, q: int) -> tuple[
 def beauty_evaluation(run_dir: Path, beam: int, dtype: str) -> dict:
     """The real thing: `genrec evaluate`'s evaluation of a trained run, valid and test, every user, timed."""
     from genrec.config import load_config
-    from genrec.evaluate import evaluate_split
+    from genrec.evaluation.evaluator import evaluate_split
+    from genrec.rundir import RunDir
     from genrec.workspace import load_workspace
 
-    cfg = load_config(run_dir / "config.yaml", [])
-    ws = load_workspace(cfg, run_dir)
-    model = load_model(run_dir / "train" / "best").eval()
+    run = RunDir(run_dir)
+    cfg = load_config(run.config, [])
+    ws = load_workspace(cfg, run)
+    model = load_model(run.model).eval()
     out: dict = {"run_dir": str(run_dir), "beam_size": beam, "dtype": dtype, "seconds": {}, "metrics": {}}
     for split, eval_set in (("valid", ws.split.valid), ("test", ws.split.test)):
         r = evaluate_split(model, eval_set, ws.user_bucket, split=split, beam_size=beam, ks=(5, 10, 20, 100, 1000),
@@ -360,22 +363,22 @@ def scale(args: argparse.Namespace, rng: np.random.Generator, q: int) -> list[di
         trie = build_trie(codes)
         build_s = time.perf_counter() - start
         torch.manual_seed(args.seed)
-        model = Tiger(cfg=ModelConfig(), item_codes=torch.from_numpy(codes), level_sizes=[256] * 4,
+        model = Tiger(cfg=TigerConfig(), item_codes=torch.from_numpy(codes), level_sizes=[256] * 4,
                       max_history=MAX_HISTORY).eval()
         buckets = model.cfg.num_user_buckets
         n_single, n_batches = SCALE_BATCH1_USERS[q], SCALE_BATCH256_BATCHES[q]
         hist = histories(rng, max(n_single, 256 * n_batches), n)
         with torch.no_grad():
-            beam_search(model, make_batch(hist[:1], buckets), trie, beam_size=20)  # warm-up
+            beam_search(model.code_decoder(trie), make_batch(hist[:1], buckets), trie, beam_size=20)  # warm-up
             single_ms = []
             for i in range(n_single):
                 start = time.perf_counter()
-                items = beam_search(model, make_batch(hist[i : i + 1], buckets), trie, beam_size=20).items
+                items = beam_search(model.code_decoder(trie), make_batch(hist[i : i + 1], buckets), trie, beam_size=20).items
                 single_ms.append((time.perf_counter() - start) * 1e3)
             batch1_ms = float(np.median(single_ms))
             start = time.perf_counter()
             for b in range(n_batches):
-                items = beam_search(model, make_batch(hist[b * 256 : (b + 1) * 256], buckets), trie, beam_size=20).items
+                items = beam_search(model.code_decoder(trie), make_batch(hist[b * 256 : (b + 1) * 256], buckets), trie, beam_size=20).items
             batch256_ms = (time.perf_counter() - start) / (256 * n_batches) * 1e3
         assert bool((items >= 0).all()) and bool(trie.contains(model.item_codes[items.flatten()]).all())
         rows.append({"items": n, "trie_build_s": build_s, "trie_mb": trie.nbytes() / 2**20,
@@ -392,25 +395,7 @@ def scale(args: argparse.Namespace, rng: np.random.Generator, q: int) -> list[di
 
 # ---- driver ------------------------------------------------------------------------------------------------
 def environment() -> tuple[dict, dict]:
-    def field(path: str, key: str) -> str:
-        lines = Path(path).read_text().splitlines() if Path(path).exists() else []
-        return next((line.split(":", 1)[1].strip() for line in lines if line.startswith(key)), "")
-
-    cpu = field("/proc/cpuinfo", "model name") or platform.processor()
-    mem = int(field("/proc/meminfo", "MemTotal").split()[0] or 0)
-    root = Path(__file__).resolve().parents[1]
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
-                           text=True).stdout.strip()
-    import transformers
-
-    machine = {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "ram_gb": round(mem / 2**20, 1),
-               "torch_threads": torch.get_num_threads()}
-    versions = {"python": platform.python_version(), "torch": torch.__version__,
-                "transformers": transformers.__version__,
-                "numpy": np.__version__, "genrec": getattr(genrec, "__version__", ""), "genrec_commit": commit,
-                "genrec_tree_modified": bool(dirty)}
-    return machine, versions
+    return machine(), versions("transformers")
 
 
 def main() -> None:
@@ -431,7 +416,7 @@ def main() -> None:
     q = 1 if args.quick else 0
     rng = np.random.default_rng(args.seed)
     machine, versions = environment()
-    print(f"{machine['cpu']}, {machine['cores']} cores, {machine['ram_gb']} GB; torch {versions['torch']}, "
+    print(f"{machine['cpu']}, {machine['cores']} cores, {machine['memory_mb'] // 1024} GB; torch {versions['torch']}, "
           f"transformers {versions['transformers']}")
 
     print("\n== Beauty-shaped decoding: users/s ==")

@@ -20,10 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from genrec.batches import TrainWindows, eval_batches
-from genrec.checkpoint import load_model
 from genrec.config import load_config
-from genrec.decode import score_catalog
+from genrec.data.batches import TrainWindows, eval_batches
+from genrec.models.checkpoint import load_model
+from genrec.rundir import RunDir
+from genrec.search import drop_items, score_catalog
 from genrec.workspace import load_workspace
 
 
@@ -33,11 +34,11 @@ def main() -> None:
     p.add_argument("--model", default=None, help="TIGER model directory (default RUN_DIR/train/best)")
     p.add_argument("--users", type=int, default=2048)
     args = p.parse_args()
-    run = Path(args.run_dir)
-    cfg = load_config(run / "config.yaml")
+    run = RunDir(args.run_dir)
+    cfg = load_config(run.config)
     ws = load_workspace(cfg, run)
-    model = load_model(Path(args.model) if args.model else run / "train" / "best").eval()
-    teacher = load_model(run / "collab" / "sasrec" / "best").eval()
+    model = load_model(Path(args.model) if args.model else run.model).eval()
+    teacher = load_model(run.collab_model).eval()
     v = ws.split.valid
     sel = np.random.default_rng(0).permutation(len(v))[: args.users]
     batches = list(eval_batches([v.histories[i] for i in sel], v.targets[sel], ws.user_bucket[v.users[sel]],
@@ -50,9 +51,7 @@ def main() -> None:
     with torch.no_grad():
         for _, b in batches:
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                s = score_catalog(model, b, model.trie).float()
-            rows, cols = (b.history >= 0).nonzero(as_tuple=True)
-            s[rows, b.history[rows, cols]] = float("-inf")
+                s = drop_items(score_catalog(model.code_decoder(), b, model.trie).float(), b.history)
             s = s - torch.logsumexp(s, 1, keepdim=True)
             t = teacher.next_item_probs(b)
             for name, logp in (("tiger", s), ("sasrec", t.clamp(min=1e-38).log())):

@@ -21,10 +21,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decode import MAX_HISTORY, environment, histories, make_batch, uniform_unique_codes  # noqa: E402
 
-from genrec.config import ModelConfig  # noqa: E402
-from genrec.decode import beam_search  # noqa: E402
-from genrec.tiger import Tiger  # noqa: E402
-from genrec.trie import build_trie  # noqa: E402
+from genrec.config import TigerConfig  # noqa: E402
+from genrec.ids.trie import build_trie  # noqa: E402
+from genrec.models.tiger import Tiger  # noqa: E402
+from genrec.search import beam_search  # noqa: E402
 
 
 def main() -> None:
@@ -42,16 +42,16 @@ def main() -> None:
         models = {}
         for bias in (True, False):
             torch.manual_seed(0)
-            models[bias] = Tiger(cfg=ModelConfig(recency_bias=bias), item_codes=torch.from_numpy(codes),
+            models[bias] = Tiger(cfg=TigerConfig(recency_bias=bias), item_codes=torch.from_numpy(codes),
                                  level_sizes=[256] * 4, max_history=MAX_HISTORY).eval()
         times: dict[bool, list[float]] = {True: [], False: []}
         with torch.no_grad():
             for _ in range(2):
                 for bias, model in models.items():
-                    beam_search(model, make_batch(hist[:1], model.cfg.num_user_buckets), trie, beam_size=20)
+                    beam_search(model.code_decoder(trie), make_batch(hist[:1], model.cfg.num_user_buckets), trie, beam_size=20)
                     for i in range(args.users):
                         start = time.perf_counter()
-                        beam_search(model, make_batch(hist[i : i + 1], model.cfg.num_user_buckets), trie, beam_size=20)
+                        beam_search(model.code_decoder(trie), make_batch(hist[i : i + 1], model.cfg.num_user_buckets), trie, beam_size=20)
                         times[bias].append((time.perf_counter() - start) * 1e3)
         for bias, ms in times.items():
             rows.append({"items": n, "recency_bias": bias, "latency_ms_batch1_median": float(np.median(ms)),

@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import genrec
-from genrec.rqkmeans import add_collision_level, fit_rq_kmeans, kmeans
+from meta import machine, versions
+
+from genrec.ids.rqkmeans import add_collision_level, fit_rq_kmeans, kmeans
 
 
 def embeddings(n: int, dim: int, seed: int) -> np.ndarray:
@@ -133,9 +132,8 @@ def main() -> None:
     if min(args.items, args.pick_items) < 256 or args.dim < 1 or args.pick_iters < 1:
         p.error("--items and --pick-items need at least 256 rows (k = 256), --dim and --pick-iters at least 1")
     torch.set_num_threads(len(os.sched_getaffinity(0)))
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    print(f"{cpu}, {len(os.sched_getaffinity(0))} cores; torch {torch.__version__}, numpy {np.__version__}")
+    host = machine()
+    print(f"{host['cpu']}, {host['cores']} cores; torch {torch.__version__}, numpy {np.__version__}")
 
     print(f"\n== Pick: one k-means level, k=256, {args.pick_iters} iterations, {args.pick_items:,} x {args.dim} ==")
     x = embeddings(args.pick_items, args.dim, args.seed)
@@ -164,9 +162,7 @@ def main() -> None:
     except ImportError:
         faiss_version = ""
     out = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
-           "machine": {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads()},
-           "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-                        "faiss": faiss_version, "genrec": genrec.__version__, "genrec_commit": commit},
+           "machine": host, "versions": {**versions(), "faiss": faiss_version},
            "pick": {"items": args.pick_items, "dim": args.dim, "k": 256, "iters": args.pick_iters, "runs": picked},
            "rq_kmeans": full}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

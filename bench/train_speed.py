@@ -11,44 +11,38 @@ from __future__ import annotations
 
 import argparse
 import time
-from contextlib import nullcontext
-from pathlib import Path
 
 import torch
 
-from genrec.batches import TrainExamples, TrainWindows
 from genrec.config import load_config
-from genrec.train import build_model, distill_inputs, load_teacher, make_optimizer
+from genrec.models.registry import MODELS, build_model
+from genrec.rundir import RunDir
+from genrec.train import autocast_for, load_teacher, make_examples, make_optimizer, train_step
 from genrec.workspace import load_workspace
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-c", "--config", default="configs/beauty.yaml", help="recipe (default configs/beauty.yaml)")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.decoder_layers=4")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.tiger.decoder_layers=4")
     p.add_argument("--run-dir", default="runs/bench-beauty", help="run directory with prepare and quantize done")
     p.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
     args = p.parse_args()
     cfg = load_config(args.config, args.overrides)
-    ws = load_workspace(cfg, Path(args.run_dir))
+    run = RunDir(args.run_dir)
+    ws = load_workspace(cfg, run, with_sids=MODELS[cfg.model.kind].uses_sids)
     torch.manual_seed(0)
-    model = build_model(cfg.model, ws, cfg.data.max_history)
+    model = build_model(cfg.model, catalog=ws.catalog, max_history=cfg.data.max_history)
     opt, _ = make_optimizer(model, cfg)
-    examples = (TrainWindows if model.all_positions else TrainExamples)(ws.split.train, ws.user_bucket,
-                                                                          cfg.data.max_history)
+    examples = make_examples(model, ws, cfg.data.max_history)
     batches = examples.epoch_batches(0, cfg.train.batch_size, 0)
-    teacher = load_teacher(Path(args.run_dir), ws, "cpu") if cfg.train.distill > 0 and cfg.model.kind == "tiger" else None
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.train.dtype == "bfloat16" else nullcontext()
+    teacher = load_teacher(run, ws, "cpu") if cfg.train.distill > 0 and model.learns_from_teacher else None
+    autocast = autocast_for(cfg.train.dtype, "cpu")
     targets, seconds = 0, 0.0
     for i, index in enumerate(batches[: 4 + args.steps]):
         batch = examples.batch(index)
         start = time.perf_counter()
-        with autocast:
-            loss = model(batch, label_smoothing=cfg.train.label_smoothing,
-                         **distill_inputs(teacher, batch, cfg.train)).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        train_step(model, batch, t=cfg.train, teacher=teacher, weight=1.0, opt=opt, sched=None, autocast=autocast)
         if i >= 4:
             seconds += time.perf_counter() - start
             targets += examples.num_targets(index)

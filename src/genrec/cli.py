@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from genrec.errors import GenrecError
+from genrec.rundir import RunDir
 
 STAGE_HELP = {
     "prepare": "load the dataset, split it, write the catalogue, sequences and statistics",
@@ -60,10 +61,10 @@ def _setup_logging(is_main: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
-def _print_results(run_dir: Path, ks: tuple[int, ...]) -> None:
-    from genrec.evaluate import format_table
+def _print_results(run: RunDir, ks: tuple[int, ...]) -> None:
+    from genrec.evaluation.evaluator import format_table
 
-    results = json.loads((run_dir / "evaluate" / "results.json").read_text())
+    results = json.loads(run.results.read_text())
     print(format_table(results["metrics"], ks))
     seen = set()
     for key, reason in results["omitted"].items():
@@ -89,9 +90,9 @@ def _main(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.command == "recommend":
         _setup_logging(True)
-        from genrec.recommend import recommend
+        from genrec.serve.recommend import recommend
 
-        recs = recommend(Path(cfg.run_dir), k=args.k, history=args.history, user=args.user,
+        recs = recommend(cfg, k=args.k, history=args.history, user=args.user,
                          model_dir=Path(args.model) if args.model else None, exclude_history=not args.include_history)
         if args.json:
             print(json.dumps([r.__dict__ for r in recs], indent=2))
@@ -102,7 +103,8 @@ def _main(args: argparse.Namespace) -> int:
         return 0
     import torch
 
-    from genrec.pipeline import STAGES, run
+    from genrec.pipeline import run
+    from genrec.rundir import STAGES
 
     dist = compute_init()
     _setup_logging(dist.is_main)
@@ -114,7 +116,7 @@ def _main(args: argparse.Namespace) -> int:
     finally:
         cleanup()
     if dist.is_main and "evaluate" in stages:
-        _print_results(Path(cfg.run_dir), cfg.evaluate.ks)
+        _print_results(RunDir(cfg.run_dir), cfg.evaluate.ks)
     return 0
 
 

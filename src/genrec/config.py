@@ -48,13 +48,11 @@ class EmbedConfig:
 
 @dataclass(frozen=True)
 class CollabConfig:
-    """Collaborative semantic IDs: a SASRec trained on the training split (selected on validation) whose item
-    embeddings, centred and L2-normalised, are what `quantize` clusters instead of the text embeddings."""
+    """Collaborative semantic IDs: a SASRec (the `model.sasrec` section) trained on the training split, selected
+    on validation, whose item embeddings, centred and L2-normalised, are what `quantize` clusters instead of the
+    text embeddings."""
 
     enabled: bool = True  # false: semantic IDs from the text embeddings alone (the paper)
-    d_model: int = 64  # SASRec width (one head, feed-forward as wide)
-    layers: int = 2
-    dropout: float = 0.5
     batch_size: int = 128  # sequence windows per step
     lr: float = 1e-3
     max_steps: int = 4000
@@ -68,6 +66,7 @@ class CollabConfig:
 
 @dataclass(frozen=True)
 class QuantizeConfig:
+    method: str = "rqkmeans"  # the quantizer: "rqkmeans" (residual k-means)
     num_levels: int = 3  # L: residual levels before the collision-resolving level
     codebook_size: int = 256  # K: codes per level
     iters: int = 50  # Lloyd iterations per level
@@ -76,8 +75,9 @@ class QuantizeConfig:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    kind: str = "tiger"  # "tiger" (generative, semantic IDs) or "sasrec" (ID-based baseline, full softmax)
+class TigerConfig:
+    """The generative model: an encoder over the history, a decoder that emits the next item's semantic ID."""
+
     d_model: int = 128  # width of encoder and decoder
     num_heads: int = 6  # attention heads
     head_dim: int = 64  # per-head width (num_heads * head_dim may differ from d_model, as in T5)
@@ -96,6 +96,34 @@ class ModelConfig:
     trie_softmax: bool = True  # each level's softmax covers only codes that lead to a catalogue item (paper: all
     #                              codes): a proper distribution over items, and a trie node with one child costs
     #                              no decoding step
+
+
+@dataclass(frozen=True)
+class SASRecConfig:
+    """SASRec (Kang & McAuley 2018): a causal Transformer over item embeddings with a full softmax over the
+    catalogue. The collab stage trains this section's SASRec; `model.kind=sasrec` trains it as the model."""
+
+    d_model: int = 64  # width (item embeddings, tied to the output layer)
+    num_heads: int = 1  # attention heads, each d_model / num_heads wide
+    d_ff: int = 64  # feed-forward width
+    layers: int = 2
+    dropout: float = 0.5
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    kind: str = "tiger"  # which section below is the model: "tiger" (generative, semantic IDs) or "sasrec" (ID-based)
+    tiger: TigerConfig = field(default_factory=TigerConfig)
+    sasrec: SASRecConfig = field(default_factory=SASRecConfig)
+
+    @property
+    def section(self) -> Any:
+        """The chosen model's own section."""
+        return getattr(self, self.kind)
 
 
 @dataclass(frozen=True)
@@ -127,7 +155,8 @@ class TrainConfig:
 class EvaluateConfig:
     beam_size: int = 1000  # constrained beam width; generative metrics are reported at k <= beam_size
     ks: tuple[int, ...] = (5, 10, 20, 100, 1000)  # metric cut-offs; a k above what the method returns is left out
-    exact: bool = False  # also score every catalogue item exactly (complete ranking, any k)
+    methods: tuple[str, ...] = ()  # ranking methods to evaluate (empty: the model's default, e.g. generative);
+    #                                 tiger offers generative (beam search) and exact (every item scored, any k)
     batch_size: int = 256  # users per decoding batch
     exclude_history: bool = True  # drop the user's own history items from the ranking (right when the data has no
     #                                repeat interactions, as in Amazon reviews; the evaluator warns otherwise)
@@ -177,10 +206,24 @@ def _check_type(where: str, value: Any, annotation: Any) -> Any:
     raise ConfigError(f"{where} must be of type {getattr(annotation, '__name__', annotation)}, got {value!r}")
 
 
+# Keys of earlier recipes -> where the setting lives now.
+MOVED = {
+    **{f"model.{name}": f"model.tiger.{name}" for name in (
+        "d_model", "num_heads", "head_dim", "d_ff", "encoder_layers", "decoder_layers", "dropout", "item_tokens",
+        "num_user_buckets", "causal_encoder", "recency_bias", "trie_softmax")},
+    "collab.d_model": "model.sasrec.d_model", "collab.layers": "model.sasrec.layers",
+    "collab.dropout": "model.sasrec.dropout", "evaluate.exact": "evaluate.methods (e.g. [generative, exact])",
+}
+
+
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(values) - set(names))
+    for key in unknown:
+        if f"{where}{key}" in MOVED:
+            hint = " (for model.kind=sasrec: model.sasrec)" if where == "model." and key != "num_user_buckets" else ""
+            raise ConfigError(f"{where}{key} has moved to {MOVED[where + key]}{hint}; rename it in the recipe")
     if unknown:
         raise ConfigError(f"unknown key {where}{unknown[0]}; valid keys: {', '.join(names)}")
     kwargs = {}
@@ -205,11 +248,13 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
 def validate(cfg: Config) -> None:
     """Cross-setting invariants that no single field can check."""
     m, e, d, t, q, c = cfg.model, cfg.evaluate, cfg.data, cfg.train, cfg.quantize, cfg.collab
+    g, s = m.tiger, m.sasrec
     choices = {
         "data.format": (d.format, ("p5", "amazon2014", "table")),
         "data.split": (d.split, ("leave_one_out", "temporal")),
+        "quantize.method": (q.method, ("rqkmeans",)),
         "model.kind": (m.kind, ("tiger", "sasrec")),
-        "model.item_tokens": (m.item_tokens, ("codes", "sum")),
+        "model.tiger.item_tokens": (g.item_tokens, ("codes", "sum")),
         "train.dtype": (t.dtype, ("float32", "bfloat16")),
         "evaluate.dtype": (e.dtype, ("auto", "float32", "bfloat16")),
     }
@@ -221,17 +266,22 @@ def validate(cfg: Config) -> None:
     if not 0 < d.valid_fraction < 1 or not 0 < d.test_fraction < 1 or d.valid_fraction + d.test_fraction >= 1:
         raise ConfigError("data.valid_fraction and data.test_fraction must be in (0, 1) and sum to less than 1")
     positive = {"data.max_history": d.max_history, "quantize.num_levels": q.num_levels,
-                "quantize.codebook_size": q.codebook_size, "model.d_model": m.d_model, "model.num_heads": m.num_heads,
-                "model.head_dim": m.head_dim, "model.d_ff": m.d_ff, "model.encoder_layers": m.encoder_layers,
-                "model.decoder_layers": m.decoder_layers, "train.batch_size": t.batch_size, "train.max_steps": t.max_steps,
-                "train.eval_every": t.eval_every, "train.valid_beam_size": t.valid_beam_size, "evaluate.beam_size": e.beam_size, "evaluate.batch_size": e.batch_size,
-                "collab.d_model": c.d_model, "collab.layers": c.layers, "collab.batch_size": c.batch_size,
+                "quantize.codebook_size": q.codebook_size, "model.tiger.d_model": g.d_model,
+                "model.tiger.num_heads": g.num_heads, "model.tiger.head_dim": g.head_dim, "model.tiger.d_ff": g.d_ff,
+                "model.tiger.encoder_layers": g.encoder_layers, "model.tiger.decoder_layers": g.decoder_layers,
+                "model.sasrec.d_model": s.d_model, "model.sasrec.num_heads": s.num_heads,
+                "model.sasrec.d_ff": s.d_ff, "model.sasrec.layers": s.layers,
+                "train.batch_size": t.batch_size, "train.max_steps": t.max_steps, "train.eval_every": t.eval_every,
+                "train.valid_beam_size": t.valid_beam_size, "evaluate.beam_size": e.beam_size,
+                "evaluate.batch_size": e.batch_size, "collab.batch_size": c.batch_size,
                 "collab.max_steps": c.max_steps, "collab.eval_every": c.eval_every,
                 "collab.text_neighbours": c.text_neighbours}
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key} must be at least 1, got {value}")
-    for key, value in {"model.dropout": m.dropout, "collab.dropout": c.dropout}.items():
+    if s.d_model % s.num_heads:
+        raise ConfigError(f"model.sasrec.d_model={s.d_model} must be divisible by model.sasrec.num_heads={s.num_heads}")
+    for key, value in {"model.tiger.dropout": g.dropout, "model.sasrec.dropout": s.dropout}.items():
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"{key} must be in [0, 1), got {value}")
     if not 0.0 <= t.distill <= 1.0 or t.distill_temperature <= 0:
@@ -244,6 +294,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"evaluate.ks must be a non-empty list of positive cut-offs, got {list(e.ks)}")
     if not set(e.splits) <= {"valid", "test"} or not e.splits:
         raise ConfigError(f"evaluate.splits must be a subset of [valid, test], got {list(e.splits)}")
+    if len(set(e.methods)) != len(e.methods):
+        raise ConfigError(f"evaluate.methods lists a method twice: {list(e.methods)}")
     metric, _, k = t.select_metric.partition("@")
     if metric not in ("recall", "ndcg") or not k.isdigit() or (m.kind == "tiger" and int(k) > t.valid_beam_size):
         raise ConfigError(f"train.select_metric={t.select_metric!r} must be recall@k or ndcg@k with "

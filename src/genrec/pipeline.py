@@ -1,10 +1,13 @@
 """The stages `prepare -> embed -> collab -> quantize -> train -> evaluate`, talking through files in a run directory.
 
 Each stage writes into `<run_dir>/<stage>.tmp` and is renamed to `<run_dir>/<stage>` only when it finished,
-together with a `stage.json` stamp: a fingerprint of the config sections the stage depends on plus the id
-of the upstream stage's output. A stage whose stamp matches is skipped; `--force` reruns it, and anything
-downstream then reruns because its upstream id changed. Training works in `<run_dir>/train.partial` so that
-a killed run resumes from its last checkpoint when started again with the same settings.
+together with a `stage.json` stamp: the settings the stage depends on (and their fingerprint) plus the id of
+the upstream stage's output. A stage whose stamp matches is skipped; `--force` reruns it, and anything
+downstream then reruns because its upstream id changed. Training works in `<run_dir>/train.partial` so that a
+killed run resumes from its last checkpoint when started again with the same settings.
+
+`<run_dir>/config.yaml` is rebuilt from the stamps after every stage: it holds the settings each finished stage
+ran with, and nothing that no stage has used. The run directory is locked for the whole command (`RunDir.lock`).
 """
 
 from __future__ import annotations
@@ -14,84 +17,83 @@ import logging
 import shutil
 import time
 import uuid
-from pathlib import Path
 from typing import Any, Callable
 
-from genrec.checkpoint import replace_dir
-from genrec.config import Config, fingerprint, save_config
+import yaml
+
+from genrec.config import Config, fingerprint, to_dict
 from genrec.distributed import DistInfo, barrier, broadcast_object
 from genrec.errors import GenrecError
+from genrec.files import replace_dir, save_json, write_bytes
+from genrec.rundir import STAGES, RunDir
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("prepare", "embed", "collab", "quantize", "train", "evaluate")
-SECTIONS = {"prepare": ("data",), "embed": ("embed",), "collab": ("collab",), "quantize": ("quantize",),
-            "train": ("model", "train"), "evaluate": ("evaluate",)}
 DISTRIBUTED = {"collab", "train", "evaluate"}  # the others run on rank 0 while the rest wait
 
 
-def read_stamp(run_dir: Path, stage: str) -> dict[str, Any] | None:
+def settings(cfg: Config, stage: str) -> dict[str, Any]:
+    """The settings a stage depends on, by dotted section name."""
+    by_stage = {"prepare": {"data": cfg.data}, "embed": {"embed": cfg.embed},
+                "collab": {"collab": cfg.collab, "model.sasrec": cfg.model.sasrec},
+                "quantize": {"quantize": cfg.quantize},
+                "train": {"model.kind": cfg.model.kind, f"model.{cfg.model.kind}": cfg.model.section,
+                          "train": cfg.train},
+                "evaluate": {"evaluate": cfg.evaluate}}
+    return {name: to_dict(section) for name, section in by_stage[stage].items()}
+
+
+def read_stamp(run: RunDir, stage: str) -> dict[str, Any] | None:
     try:
-        return json.loads((run_dir / stage / "stage.json").read_text())
+        return json.loads(run.stamp(stage).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
 
 
-def expected_stamp(cfg: Config, run_dir: Path, stage: str) -> dict[str, Any]:
+def expected_stamp(cfg: Config, run: RunDir, stage: str) -> dict[str, Any]:
     i = STAGES.index(stage)
     upstream = None
     if i > 0:
-        up = read_stamp(run_dir, STAGES[i - 1])
+        up = read_stamp(run, STAGES[i - 1])
         if up is None:
-            raise GenrecError(f"stage '{stage}' needs the output of '{STAGES[i - 1]}' in {run_dir}, which is "
+            raise GenrecError(f"stage '{stage}' needs the output of '{STAGES[i - 1]}' in {run.root}, which is "
                               f"missing or unfinished; run 'genrec {STAGES[i - 1]}' first (or 'genrec run')")
         upstream = up["id"]
-    sections = [getattr(cfg, s) for s in SECTIONS[stage]]
-    return {"stage": stage, "fingerprint": fingerprint(*sections), "upstream": upstream}
+    values = settings(cfg, stage)
+    return {"stage": stage, "fingerprint": fingerprint(values), "upstream": upstream, "settings": values}
 
 
-def is_current(cfg: Config, run_dir: Path, stage: str) -> bool:
-    stamp = read_stamp(run_dir, stage)
-    want = expected_stamp(cfg, run_dir, stage)
-    return stamp is not None and all(stamp.get(k) == v for k, v in want.items())
+def is_current(cfg: Config, run: RunDir, stage: str) -> bool:
+    stamp = read_stamp(run, stage)
+    want = expected_stamp(cfg, run, stage)
+    return stamp is not None and all(stamp.get(k) == want[k] for k in ("stage", "fingerprint", "upstream"))
 
 
-def _execute(cfg: Config, run_dir: Path, stage: str, out_dir: Path, dist: DistInfo) -> Any:
-    if stage == "prepare":
-        from genrec.prepare import prepare
-
-        return prepare(cfg.data, out_dir)
-    if stage == "embed":
-        from genrec.embed import embed
-        from genrec.prepare import load_prepared
-
-        dataset = load_prepared(run_dir / "prepare")
-        return embed(cfg.embed, dataset.items, dataset.item_ids, out_dir)
-    if stage == "collab":
-        from genrec.collab import collab
-
-        return collab(cfg, run_dir, out_dir, dist)
-    if stage == "quantize":
-        from genrec.quantize import quantize
-
-        return quantize(cfg.quantize, run_dir / ("collab" if cfg.collab.enabled else "embed"), out_dir)
-    if stage == "train":
-        from genrec.train import train
-
-        return train(cfg, run_dir, out_dir, dist)
-    from genrec.evaluate import evaluate_run
-
-    return evaluate_run(cfg, run_dir, out_dir, dist)
+def write_config(run: RunDir) -> None:
+    """config.yaml from the finished stages' stamps: the settings their outputs were made with."""
+    values: dict[str, Any] = {"run_dir": str(run.root)}
+    for stage in STAGES:
+        stamp = read_stamp(run, stage)
+        for name, value in ((stamp or {}).get("settings") or {}).items():
+            node = values
+            *parents, last = name.split(".")
+            for key in parents:
+                node = node.setdefault(key, {})
+            node[last] = value
+    header = "# the settings each finished stage of this run directory ran with (written by genrec)\n"
+    write_bytes(run.config, (header + yaml.safe_dump(values, sort_keys=False)).encode())
 
 
 def run_stage(cfg: Config, stage: str, dist: DistInfo, force: bool = False) -> bool:
     """Run one stage unless its outputs are current. Returns True if it ran."""
-    run_dir = Path(cfg.run_dir)
-    want = expected_stamp(cfg, run_dir, stage)
-    if not force and is_current(cfg, run_dir, stage):
+    from genrec.stages import RUN
+
+    run = RunDir(cfg.run_dir)
+    want = expected_stamp(cfg, run, stage)
+    if not force and is_current(cfg, run, stage):
         logger.info("%s: up to date, skipped (pass --force to rerun)", stage)
         return False
-    work = run_dir / (f"{stage}.partial" if stage == "train" else f"{stage}.tmp")
+    work = run.work(stage)
     if dist.is_main:
         partial_stamp = work / "stage.partial.json"
         resumable = (stage == "train" and not force and partial_stamp.exists()
@@ -99,14 +101,14 @@ def run_stage(cfg: Config, stage: str, dist: DistInfo, force: bool = False) -> b
         if work.exists() and not resumable:
             shutil.rmtree(work)
         work.mkdir(parents=True, exist_ok=True)
-        partial_stamp.write_text(json.dumps(want))
+        save_json(partial_stamp, want)
     barrier()
     logger.info("%s: running", stage)
     start = time.perf_counter()
     error = None
     if dist.is_main or stage in DISTRIBUTED:
         try:
-            _execute(cfg, run_dir, stage, work, dist)
+            RUN[stage](cfg, run, work, dist)
         except GenrecError as err:
             error = str(err)
     error = broadcast_object(error)  # so that ranks waiting at the barrier stop too
@@ -117,9 +119,8 @@ def run_stage(cfg: Config, stage: str, dist: DistInfo, force: bool = False) -> b
     barrier()
     if dist.is_main:
         (work / "stage.partial.json").unlink()
-        stamp = {**want, "id": uuid.uuid4().hex, "seconds": round(time.perf_counter() - start, 2)}
-        (work / "stage.json").write_text(json.dumps(stamp, indent=2))
-        replace_dir(work, run_dir / stage)
+        save_json(work / "stage.json", {**want, "id": uuid.uuid4().hex, "seconds": round(time.perf_counter() - start, 2)})
+        replace_dir(work, run.stage(stage))
     barrier()
     logger.info("%s: done in %.1f s", stage, time.perf_counter() - start)
     return True
@@ -127,12 +128,24 @@ def run_stage(cfg: Config, stage: str, dist: DistInfo, force: bool = False) -> b
 
 def run(cfg: Config, dist: DistInfo, stages: tuple[str, ...] = STAGES, force: bool = False,
         on_stage: Callable[[str, bool], None] | None = None) -> None:
-    """Run `stages` in order; with force every one of them reruns."""
-    run_dir = Path(cfg.run_dir)
+    """Run `stages` in order, holding the run directory's lock; with force every one of them reruns."""
+    rundir = RunDir(cfg.run_dir)
+    error = None
     if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-    for stage in stages:
-        ran = run_stage(cfg, stage, dist, force=force)
-        if on_stage is not None:
-            on_stage(stage, ran)
+        try:
+            rundir.lock()
+        except GenrecError as err:
+            error = str(err)
+    error = broadcast_object(error)
+    if error is not None:
+        raise GenrecError(error)
+    try:
+        for stage in stages:
+            ran = run_stage(cfg, stage, dist, force=force)
+            if dist.is_main:
+                write_config(rundir)
+            if on_stage is not None:
+                on_stage(stage, ran)
+    finally:
+        if dist.is_main:
+            rundir.unlock()

@@ -15,30 +15,32 @@ import logging
 import math
 import shutil
 import time
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from genrec import checkpoint as ckpt
-from genrec import models
-from genrec.batches import TrainExamples, TrainWindows
-from genrec.config import Config, ModelConfig, TrainConfig
-from genrec.distributed import DistInfo, all_reduce_sum, barrier
+from genrec.config import Config, TrainConfig
+from genrec.data.batches import Batch, TrainExamples, TrainWindows
+from genrec.distributed import DistInfo, barrier
 from genrec.errors import GenrecError
-from genrec.evaluate import evaluate_split
-from genrec.tiger import Batch
+from genrec.evaluation.evaluator import evaluate_workspace
+from genrec.files import save_json
+from genrec.models import checkpoint as ckpt
+from genrec.models.registry import MODELS, build_model
+from genrec.rundir import RunDir
 from genrec.workspace import Workspace, load_workspace
 
 logger = logging.getLogger(__name__)
 
 
-def build_model(model_cfg: ModelConfig, ws: Workspace, max_history: int) -> nn.Module:
-    return models.build_model(model_cfg, item_codes=torch.from_numpy(ws.item_codes), level_sizes=ws.level_sizes,
-                              max_history=max_history)
+def make_examples(model: nn.Module, ws: Workspace, max_history: int) -> TrainExamples | TrainWindows:
+    """A causal model trains every target of a sequence in one pass; otherwise one example per target."""
+    maker = TrainWindows if model.all_positions else TrainExamples
+    return maker(ws.split.train, ws.user_bucket, max_history)
 
 
 def make_optimizer(model: nn.Module, cfg: Config) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
@@ -60,8 +62,14 @@ def make_optimizer(model: nn.Module, cfg: Config) -> tuple[torch.optim.Optimizer
 class TrainLog:
     """JSON lines (and TensorBoard scalars when tensorboard is installed), main process only."""
 
-    def __init__(self, out_dir: Path, enabled: bool) -> None:
+    def __init__(self, out_dir: Path, enabled: bool, resume_step: int = 0) -> None:
+        """`resume_step`: training resumes after this step, so lines of later steps (written before the kill,
+        after the last checkpoint) are dropped; they will be written again."""
         self.enabled, self.path, self.tb = enabled, out_dir / "log.jsonl", None
+        if enabled and self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines(keepends=True)
+                    if line.strip() and json.loads(line)["step"] <= resume_step]
+            self.path.write_text("".join(kept))
         if enabled:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -85,25 +93,22 @@ class TrainLog:
 
 
 def validate(model: nn.Module, ws: Workspace, cfg: Config, dist: DistInfo) -> dict[str, float]:
-    result = evaluate_split(model, ws.split.valid, ws.user_bucket, split="valid",
-                            beam_size=cfg.train.valid_beam_size,
-                            ks=tuple(k for k in cfg.evaluate.ks if k <= cfg.train.valid_beam_size),
-                            batch_size=cfg.evaluate.batch_size, exclude_history=cfg.evaluate.exclude_history,
-                            rank=dist.rank, world_size=dist.world_size, all_reduce=all_reduce_sum,
-                            dtype=cfg.evaluate.dtype)
-    return result.metrics
+    """The model's default ranking on all validation users, at the training's validation beam."""
+    t = cfg.train
+    ks = tuple(k for k in cfg.evaluate.ks if k <= t.valid_beam_size)
+    return evaluate_workspace(model, ws, cfg.evaluate, dist, split="valid", beam_size=t.valid_beam_size, ks=ks).metrics
 
 
-def load_teacher(run_dir: Path, ws: Workspace, device: str) -> nn.Module:
+def load_teacher(run: RunDir, ws: Workspace, device: str) -> nn.Module:
     """The collab stage's selected SASRec, the teacher of `train.distill`."""
-    path = run_dir / "collab" / "sasrec" / "best"
+    path = run.collab_model
     if not (path / "model.safetensors").is_file():
         raise GenrecError(f"train.distill needs the collab stage's model, but {path} has none; "
                           f"run 'genrec collab' (or set train.distill=0)")
     teacher = ckpt.load_model(path)
-    if getattr(teacher, "method", None) != "sasrec" or teacher.num_items != len(ws.item_ids):
-        raise GenrecError(f"{path} is not a SASRec over this catalogue's {len(ws.item_ids)} items; "
-                          f"rerun 'genrec collab' (or pass --force)")
+    if not hasattr(teacher, "next_item_probs"):
+        raise GenrecError(f"{path} holds no model that gives a next-item distribution; rerun 'genrec collab --force'")
+    ckpt.check_catalog(path, ws.catalog)
     return teacher.to(device).eval()
 
 
@@ -114,18 +119,36 @@ def distill_inputs(teacher: nn.Module | None, batch: Batch, t: TrainConfig) -> d
     return {"teacher": teacher.next_item_probs(batch, t.distill_temperature), "distill": t.distill}
 
 
-def train(cfg: Config, run_dir: Path, out_dir: Path, dist: DistInfo, item_codes: Any = None) -> dict[str, Any]:
-    """Train into out_dir (resuming from its latest checkpoint), leaving the selected model in out_dir/best.
-    `item_codes` [N, C] replaces the quantize stage's semantic IDs (for a model that needs none)."""
+def train_step(net: nn.Module, batch: Batch, *, t: TrainConfig, teacher: nn.Module | None, weight: float,
+               opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler | None,
+               autocast: AbstractContextManager) -> Tensor:
+    """One optimizer step on `batch` (the loss scaled by `weight` before backward); returns the unscaled loss."""
+    with autocast:
+        loss = net(batch, label_smoothing=t.label_smoothing, **distill_inputs(teacher, batch, t)).loss
+    (loss * weight).backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+    opt.step()
+    if sched is not None:
+        sched.step()
+    opt.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
+def autocast_for(dtype: str, device: str) -> AbstractContextManager:
+    return (torch.autocast("cpu" if device == "cpu" else "cuda", dtype=torch.bfloat16)
+            if dtype == "bfloat16" else nullcontext())
+
+
+def train(cfg: Config, run: RunDir, out_dir: Path, dist: DistInfo) -> dict[str, Any]:
+    """Train `cfg.model` into out_dir (resuming from its latest checkpoint), leaving the selected model in
+    out_dir/best."""
     t = cfg.train
     if t.batch_size % dist.world_size:
         raise GenrecError(f"train.batch_size={t.batch_size} must be divisible by the {dist.world_size} processes")
-    ws = load_workspace(cfg, run_dir, item_codes)
+    ws = load_workspace(cfg, run, with_sids=MODELS[cfg.model.kind].uses_sids)
     torch.manual_seed(t.seed)
-    model = build_model(cfg.model, ws, cfg.data.max_history)
-    # a causal model trains every target of a sequence in one pass; otherwise one example per target
-    maker = TrainWindows if model.all_positions else TrainExamples
-    examples = maker(ws.split.train, ws.user_bucket, cfg.data.max_history)
+    model = build_model(cfg.model, catalog=ws.catalog, max_history=cfg.data.max_history)
+    examples = make_examples(model, ws, cfg.data.max_history)
     if len(examples) == 0:
         raise GenrecError("the training split has no examples (every user needs at least 4 items for "
                           "leave-one-out); check the data or lower data.min_interactions")
@@ -140,12 +163,11 @@ def train(cfg: Config, run_dir: Path, out_dir: Path, dist: DistInfo, item_codes:
         state = saved["state"]
         ckpt.set_rng_state(saved["rng"])
         logger.info("resuming from %s (step %d)", latest, state["step"])
-    teacher = load_teacher(run_dir, ws, dist.device) if t.distill > 0 and cfg.model.kind == "tiger" else None
+    teacher = load_teacher(run, ws, dist.device) if t.distill > 0 and model.learns_from_teacher else None
     net = DistributedDataParallel(model) if dist.world_size > 1 else model
-    autocast = (torch.autocast("cpu" if dist.device == "cpu" else "cuda", dtype=torch.bfloat16)
-                if t.dtype == "bfloat16" else nullcontext())
-    log = TrainLog(out_dir, dist.is_main)
-    metric_key = f"valid/{model.method}/{t.select_metric}"
+    autocast = autocast_for(t.dtype, dist.device)
+    log = TrainLog(out_dir, dist.is_main, resume_step=state["step"])
+    metric_key = f"valid/{model.methods[0]}/{t.select_metric}"
     batches = examples.epoch_batches(state["epoch"], t.batch_size, t.seed)
     logger.info("training on %d %s (%d batches of %d per epoch), %d parameters", len(examples),
                 "sequence windows" if model.all_positions else "examples", len(batches), t.batch_size,
@@ -163,18 +185,13 @@ def train(cfg: Config, run_dir: Path, out_dir: Path, dist: DistInfo, item_codes:
         model.train()
         batch = examples.batch(index).to(dist.device)
         targets = examples.num_targets(index)
-        with autocast:
-            loss = net(batch, label_smoothing=t.label_smoothing, **distill_inputs(teacher, batch, t)).loss
         # DDP averages gradients over processes; weighting each process's mean by its share of the global
         # batch's targets makes that average the mean over all targets, as in one process
-        (loss * (targets * dist.world_size / examples.num_targets(global_index))).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        weight = targets * dist.world_size / examples.num_targets(global_index)
+        loss = train_step(net, batch, t=t, teacher=teacher, weight=weight, opt=opt, sched=sched, autocast=autocast)
         state["step"] += 1
         step = state["step"]
-        window_loss += float(loss.detach()) * targets
+        window_loss += float(loss) * targets
         window_examples += targets
         state["seconds"] = time.perf_counter() - run_start
         out_of_time = t.max_minutes > 0 and state["seconds"] >= 60 * t.max_minutes
@@ -194,12 +211,12 @@ def train(cfg: Config, run_dir: Path, out_dir: Path, dist: DistInfo, item_codes:
         if value > state["best"]:
             state.update(best=value, best_step=step, bad_evals=0)
             if dist.is_main:
-                ckpt.save_model(model, out_dir / "best")
+                ckpt.save_model(model, out_dir / "best", catalog=ws.catalog)
         else:
             state["bad_evals"] += 1
         stop = (step >= t.max_steps or out_of_time or (t.patience > 0 and state["bad_evals"] >= t.patience))
         if dist.is_main:
-            ckpt.save_model(model, out_dir / f"checkpoint-{step}", extra_state={
+            ckpt.save_model(model, out_dir / f"checkpoint-{step}", catalog=ws.catalog, extra_state={
                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "state": dict(state),
                 "rng": ckpt.rng_state()})
             old = sorted((int(p.name.split("-")[1]), p) for p in out_dir.glob("checkpoint-*"))
@@ -212,5 +229,5 @@ def train(cfg: Config, run_dir: Path, out_dir: Path, dist: DistInfo, item_codes:
                "best_step": state["best_step"], f"best_{metric_key}": state["best"], "seconds": state["seconds"],
                "examples": len(examples)}
     if dist.is_main:
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        save_json(out_dir / "summary.json", summary)
     return summary

@@ -1,56 +1,59 @@
-"""What training, evaluation and recommendation read from the earlier stages of a run directory."""
+"""What training, evaluation and serving read from the earlier stages of a run directory: the catalogue (with
+its semantic IDs once quantized), the split and the users' tokens."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from genrec.batches import user_buckets
 from genrec.config import Config
+from genrec.data.batches import user_buckets
+from genrec.data.loaders import Dataset
+from genrec.data.prepare import load_prepared
+from genrec.data.splits import Split, make_split
 from genrec.errors import GenrecError
-from genrec.prepare import load_prepared
-from genrec.splits import Split, make_split
-from genrec.trie import Trie, build_trie
+from genrec.ids.catalog import Catalog
+from genrec.ids.trie import build_trie
+from genrec.rundir import RunDir
 
 
 @dataclass
 class Workspace:
-    """The catalogue, split, user tokens and semantic IDs of a run directory."""
-
-    item_ids: list[str]
-    items: list[dict[str, Any]]
+    catalog: Catalog
     split: Split
-    user_bucket: np.ndarray  # [U] hashed user tokens
-    item_codes: np.ndarray  # [N, C] semantic IDs with the collision level
-    level_sizes: list[int]
-    trie: Trie
+    user_ids: list[str]
+    user_bucket: np.ndarray  # [U] hashed user tokens (all 0 without them)
 
 
-def load_codes(quantize_dir: Path, num_items: int) -> np.ndarray:
-    path = quantize_dir / "codes_with_suffix.npy"
+def load_sids(run: RunDir, num_items: int, codebook_size: int) -> np.ndarray:
+    """The quantize stage's semantic IDs [N, C], checked against the catalogue and the codebook size."""
+    path = run.sids
+    rerun = "rerun 'genrec quantize' (or pass --force)"
     try:
-        codes = np.load(path)
+        sids = np.load(path)
     except (FileNotFoundError, ValueError, OSError) as err:
-        raise GenrecError(f"cannot read {path} ({type(err).__name__}); run 'genrec quantize' (or pass --force)")
-    if codes.ndim != 2 or codes.shape[0] != num_items:
-        raise GenrecError(f"{path} covers {codes.shape[0]} items but the catalog has {num_items}; "
-                          f"rerun 'genrec quantize' (or pass --force)")
-    return codes.astype(np.int64)
+        raise GenrecError(f"cannot read {path} ({type(err).__name__}); {rerun}")
+    if sids.ndim != 2 or sids.shape[0] != num_items:
+        raise GenrecError(f"{path} covers {sids.shape[0]} items but the catalog has {num_items}; {rerun}")
+    if sids[:, :-1].max() >= codebook_size:
+        raise GenrecError(f"{path} has codes >= quantize.codebook_size={codebook_size}; {rerun}")
+    try:
+        build_trie(sids)
+    except ValueError as err:
+        raise GenrecError(f"{path}: {err}; {rerun} so that the extra level makes every ID unique")
+    return sids.astype(np.int64)
 
 
-def load_workspace(cfg: Config, run_dir: Path, item_codes: np.ndarray | None = None) -> Workspace:
-    """The run's workspace; `item_codes` [N, C] stands in for the quantize stage's semantic IDs when given."""
-    dataset = load_prepared(run_dir / "prepare")
-    if item_codes is None:
-        codes = load_codes(run_dir / "quantize", len(dataset.item_ids))
-    else:
-        codes = np.asarray(item_codes, dtype=np.int64)
-    K = cfg.quantize.codebook_size
-    if item_codes is None and codes[:, :-1].max() >= K:
-        raise GenrecError(f"{run_dir / 'quantize'} has codes >= quantize.codebook_size={K}; rerun 'genrec quantize'")
-    sizes = [K] * (codes.shape[1] - 1) + [int(codes[:, -1].max()) + 1]
-    return Workspace(dataset.item_ids, dataset.items, make_split(dataset, cfg.data),
-                     user_buckets(dataset.user_ids, cfg.model.num_user_buckets), codes, sizes, build_trie(codes))
+def catalog_of(cfg: Config, run: RunDir, dataset: Dataset, with_sids: bool = True) -> Catalog:
+    sids = load_sids(run, len(dataset.item_ids), cfg.quantize.codebook_size) if with_sids else None
+    return Catalog(dataset.item_ids, dataset.items, sids, cfg.quantize.codebook_size)
+
+
+def load_workspace(cfg: Config, run: RunDir, with_sids: bool = True) -> Workspace:
+    """The run's workspace; `with_sids=False` for a model that needs no semantic IDs (before quantize). Users get
+    hashed tokens when the model's section asks for them (`num_user_buckets`)."""
+    dataset = load_prepared(run.prepared)
+    buckets = user_buckets(dataset.user_ids, getattr(cfg.model.section, "num_user_buckets", 0))
+    return Workspace(catalog_of(cfg, run, dataset, with_sids), make_split(dataset, cfg.data), dataset.user_ids,
+                     buckets)

@@ -33,6 +33,7 @@ import torch
 from genrec.config import EmbedConfig
 from genrec.errors import GenrecError
 from genrec.files import save_json, save_npy
+from genrec.rundir import EMBEDDINGS, ITEM_IDS, RAW_EMBEDDINGS
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -240,9 +241,9 @@ def embed(cfg: EmbedConfig, items: list[dict], item_ids: list[str], out_dir: Pat
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_npy(out_dir / "item_embeddings_raw.npy", raw)
-    save_npy(out_dir / "item_embeddings_l2norm.npy", l2norm)
-    save_json(out_dir / "item_ids.json", [str(i) for i in item_ids])
+    save_npy(out_dir / RAW_EMBEDDINGS, raw)
+    save_npy(out_dir / EMBEDDINGS, l2norm)
+    save_json(out_dir / ITEM_IDS, [str(i) for i in item_ids])
     stats = {
         "model": cfg.model,
         "dim": int(raw.shape[1]),

@@ -14,8 +14,22 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from torch import Tensor
 
-from genrec.tiger import Batch
+
+
+@dataclass
+class Batch:
+    """What every model reads: histories, and in training or evaluation the targets."""
+
+    users: Tensor  # [B] user bucket ids (0 = unknown user)
+    history: Tensor  # [B, T] item indices, left-padded with -1 (most recent item last)
+    targets: Tensor | None = None  # [B] the item after the history; or [B, T] the item after each history
+    #                                 position (-1: none), which needs a causal encoder; None at inference
+
+    def to(self, device: torch.device | str) -> Batch:
+        targets = None if self.targets is None else self.targets.to(device)
+        return Batch(self.users.to(device), self.history.to(device), targets)
 
 
 def user_buckets(user_ids: list[str], num_buckets: int) -> np.ndarray:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from genrec.config import DataConfig
-from genrec.datasets import Dataset
+from genrec.data.loaders import Dataset
 from genrec.errors import GenrecError
 
 logger = logging.getLogger(__name__)

@@ -6,173 +6,25 @@ W beams (or trie nodes) per user, t decoder positions, D d_model, H heads, E hea
 The encoder reads the user's history (one token per code, as in the paper, or one token per item: the sum of
 its code embeddings) plus an optional hashed user token. The decoder starts from BOS and emits one code per
 level; level l's logits cover only level l's codes. Decoding shares the encoder memory across beams (no copy
-per beam) and keeps a KV cache for decoder self-attention.
+per beam); `tiger_decoder` has how it decodes inside the search.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genrec.config import ModelConfig
-from genrec.trie import Trie, build_trie
-
-
-@dataclass
-class Batch:
-    users: Tensor  # [B] user bucket ids (0 = unknown user)
-    history: Tensor  # [B, T] item indices, left-padded with -1 (most recent item last)
-    targets: Tensor | None = None  # [B] the item after the history; or [B, T] the item after each history
-    #                                 position (-1: none), which needs a causal encoder; None at inference
-
-    def to(self, device: torch.device | str) -> Batch:
-        targets = None if self.targets is None else self.targets.to(device)
-        return Batch(self.users.to(device), self.history.to(device), targets)
-
-
-@dataclass
-class Output:
-    loss: Tensor  # scalar mean cross-entropy over levels
-    logits: list[Tensor]  # per level [B, K_l]
-
-
-@dataclass
-class Memory:
-    """Encoder output turned into per-layer cross-attention keys and values, computed once per user."""
-
-    keys: list[Tensor]  # per decoder layer [B, H, S, E]
-    values: list[Tensor]  # per decoder layer [B, H, S, E]
-    mask: Tensor  # [B, 1, 1, S] True where attending is allowed (or [B, 1, W*t, S] per decoder query); with
-    #               `recency_bias` a float [B, H, 1 or W*t, S]: the bias where allowed, -inf elsewhere
-    token_item: Tensor  # [S] history position of each token (-1: the user token)
-    absorbed: tuple[Tensor, Tensor, Tensor] | None = None  # the first decoder layer's cross-attention folded
-    #                                                          into its projections (`Tiger.absorb`), made on demand
-
-
-# Below this many keys, attention runs as two batched matmuls and a softmax: the fused kernel's blocking costs
-# 2-4x more than the work at the few-token lengths of item histories and semantic IDs.
-SMALL_ATTENTION = 64
-
-
-def softmax(x: Tensor) -> Tensor:
-    """Softmax over the last dimension, in float32. torch's CPU softmax takes a path about 8x slower per element
-    when that dimension is below 16, the length of most histories; such rows run as exp / sum instead."""
-    x = x.float()
-    if x.shape[-1] >= 16:
-        return torch.softmax(x, dim=-1)
-    e = (x - x.amax(-1, keepdim=True)).exp_()
-    return e / e.sum(-1, keepdim=True)
-
-
-def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, dropout: float) -> Tensor:
-    """Scaled dot-product attention: q [N, H, t, E], k/v [N, H, s, E], mask bool (True: attend) or additive,
-    broadcastable to [N, H, t, s]. A query with no allowed key attends uniformly (finite output)."""
-    if dropout or k.shape[-2] > SMALL_ATTENTION:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
-    s = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))  # [N, H, t, s]
-    if causal:
-        mask = torch.ones(s.shape[-2:], dtype=torch.bool, device=s.device).tril()
-    floor = torch.finfo(s.dtype).min  # not -inf, so that a query with no allowed key gets a finite output
-    if mask is not None and mask.dtype == torch.bool:
-        s = s.masked_fill(~mask, floor)
-    elif mask is not None:
-        s = (s + mask).clamp(min=floor)
-    return torch.matmul(softmax(s).to(v.dtype), v)
-
-
-class Attention(nn.Module):
-    def __init__(self, *, d_model: int, num_heads: int, head_dim: int, dropout: float) -> None:
-        super().__init__()
-        self.h, self.e = num_heads, head_dim
-        self.q = nn.Linear(d_model, num_heads * head_dim, bias=False)
-        self.kv = nn.Linear(d_model, 2 * num_heads * head_dim, bias=False)
-        self.o = nn.Linear(num_heads * head_dim, d_model, bias=False)
-        self.dropout = dropout
-
-    def split(self, x: Tensor) -> Tensor:  # [N, t, H*E] -> [N, H, t, E]
-        return x.unflatten(-1, (self.h, self.e)).transpose(1, 2)
-
-    def project_kv(self, x: Tensor) -> tuple[Tensor, Tensor]:  # [N, t, D] -> 2 x [N, H, t, E]
-        k, v = self.kv(x).chunk(2, dim=-1)
-        return self.split(k), self.split(v)
-
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool) -> Tensor:
-        p = self.dropout if self.training else 0.0
-        if mask is not None and mask.dtype != torch.bool and mask.dtype != q.dtype:
-            mask = mask.to(q.dtype)  # an additive mask must match the (autocast) query dtype
-        out = attention(q, k, v, mask, causal, p)
-        return self.o(out.transpose(1, 2).flatten(2))  # [N, t, D]
-
-
-class EncoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.ln1, self.ln2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
-        self.attn = Attention(d_model=cfg.d_model, num_heads=cfg.num_heads, head_dim=cfg.head_dim, dropout=cfg.dropout)
-        self.ff = FeedForward(cfg)
-        self.drop = nn.Dropout(cfg.dropout)
-
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:  # x [B, S, D], mask [B, 1, 1, S]
-        h = self.ln1(x)
-        k, v = self.attn.project_kv(h)
-        x = x + self.drop(self.attn.attend(self.attn.split(self.attn.q(h)), k, v, mask, causal=False))
-        return x + self.drop(self.ff(self.ln2(x)))
-
-
-class FeedForward(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.up, self.down = nn.Linear(cfg.d_model, cfg.d_ff), nn.Linear(cfg.d_ff, cfg.d_model)
-        self.drop = nn.Dropout(cfg.dropout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.down(self.drop(F.gelu(self.up(x))))
-
-
-class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.ln1, self.ln2, self.ln3 = (nn.LayerNorm(cfg.d_model) for _ in range(3))
-        kw = dict(d_model=cfg.d_model, num_heads=cfg.num_heads, head_dim=cfg.head_dim, dropout=cfg.dropout)
-        self.self_attn, self.cross_attn = Attention(**kw), Attention(**kw)
-        self.ff = FeedForward(cfg)
-        self.drop = nn.Dropout(cfg.dropout)
-
-    def forward(
-        self, x: Tensor, cross_k: Tensor, cross_v: Tensor, mask: Tensor, past: tuple[Tensor, Tensor] | None
-    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """x [B, W, t, D] (positions after `past`); cross_k/v [B, H, S, E]; past: self-attention keys/values
-        [B*W, H, t_past, E] of the earlier positions."""
-        x, kv = self.self_part(x, past)
-        return self.cross_part(x, cross_k, cross_v, mask), kv
-
-    def self_part(self, x: Tensor, past: tuple[Tensor, Tensor] | None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """Self-attention over the code positions: x [B, W, t, D] -> x [B, W, t, D] and this layer's keys/values."""
-        B, W, t, D = x.shape
-        h = self.ln1(x).reshape(B * W, t, D)
-        a = self.self_attn
-        q = a.split(a.q(h))  # [B*W, H, t, E]
-        k, v = a.project_kv(h)
-        self_mask = None
-        if past is not None:
-            p = past[0].shape[2]
-            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-            if t > 1:  # new position i sees the whole past and new positions <= i
-                self_mask = torch.arange(p + t, device=x.device)[None] <= p + torch.arange(t, device=x.device)[:, None]
-        x = x + self.drop(a.attend(q, k, v, self_mask, causal=past is None and t > 1)).view(B, W, t, D)
-        return x, (k, v)
-
-    def cross_part(self, x: Tensor, cross_k: Tensor, cross_v: Tensor, mask: Tensor) -> Tensor:
-        """Cross-attention to the user's memory and the feed-forward: x [B, W, t, D] -> [B, W, t, D]. The W*t
-        queries of a user share that user's memory, which is never copied per beam."""
-        B, W, t, D = x.shape
-        c = self.cross_attn
-        q = c.split(c.q(self.ln2(x).reshape(B, W * t, D)))  # [B, H, W*t, E]
-        x = x + self.drop(c.attend(q, cross_k, cross_v, mask, causal=False)).view(B, W, t, D)
-        return x + self.drop(self.ff(self.ln3(x)))
+from genrec.config import TigerConfig
+from genrec.data.batches import Batch
+from genrec.ids.catalog import Catalog
+from genrec.ids.trie import Trie, build_trie
+from genrec.models.layers import DecoderLayer, EncoderLayer, Memory
+from genrec.models.tiger_decoder import TigerDecoder
+from genrec.models.types import Output, RankingMethod
+from genrec.search import beam_ranks, beam_search, drop_items, ranks_in_scores, score_catalog
 
 
 def _masked_cross_entropy(z: Tensor, target: Tensor, mask: Tensor, label_smoothing: float) -> Tensor:
@@ -189,10 +41,11 @@ def _masked_cross_entropy(z: Tensor, target: Tensor, mask: Tensor, label_smoothi
 class Tiger(nn.Module):
     """Encoder-decoder over semantic-ID codes. `level_sizes[l]` codes at level l; `item_codes` [N, C] buffer."""
 
-    method = "generative"  # metric key of this model's ranking (constrained beam search)
-    complete_ranking = False  # beam search returns only beam_size items
+    methods = ("generative", "exact")  # constrained beam search (the default); every item scored
+    learns_from_teacher = True  # distillation from a teacher's next-item distribution (`forward`)
+    uses_sids = True  # generates semantic IDs: its checkpoint is tied to them
 
-    def __init__(self, *, cfg: ModelConfig, item_codes: Tensor, level_sizes: list[int], max_history: int) -> None:
+    def __init__(self, *, cfg: TigerConfig, item_codes: Tensor, level_sizes: list[int], max_history: int) -> None:
         super().__init__()
         self.cfg, self.level_sizes, self.max_history = cfg, list(level_sizes), max_history
         C = len(level_sizes)
@@ -208,14 +61,30 @@ class Tiger(nn.Module):
         self.dec_pos = nn.Embedding(C, D)
         # cross-attention bias per head by item recency: 0 = the query's most recent item, ..., max_history = user
         self.recency_emb = nn.Embedding(max_history + 1, cfg.num_heads) if cfg.recency_bias else None
-        self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
-        self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
+        layer = dict(d_model=D, num_heads=cfg.num_heads, head_dim=cfg.head_dim, d_ff=cfg.d_ff, dropout=cfg.dropout)
+        self.encoder = nn.ModuleList(EncoderLayer(**layer) for _ in range(cfg.encoder_layers))
+        self.decoder = nn.ModuleList(DecoderLayer(**layer) for _ in range(cfg.decoder_layers))
         self.enc_norm, self.dec_norm = nn.LayerNorm(D), nn.LayerNorm(D)
         self.head = nn.Linear(D, V, bias=False)
         self.drop = nn.Dropout(cfg.dropout)
         self.apply(self._init)
         if self.recency_emb is not None:
             nn.init.zeros_(self.recency_emb.weight)  # starts as plain attention
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {"level_sizes": self.level_sizes, "max_history": self.max_history,
+                "num_items": int(self.item_codes.shape[0])}
+
+    @classmethod
+    def from_catalog(cls, cfg: TigerConfig, *, catalog: Catalog, max_history: int) -> Tiger:
+        return cls(cfg=cfg, item_codes=torch.from_numpy(catalog.require_sids()), level_sizes=catalog.level_sizes,
+                   max_history=max_history)
+
+    @classmethod
+    def from_checkpoint(cls, cfg: TigerConfig, meta: dict[str, Any]) -> Tiger:
+        """An untrained Tiger of the saved shape (its weights and `item_codes` come from the state dict)."""
+        codes = torch.zeros(meta["num_items"], len(meta["level_sizes"]), dtype=torch.long)
+        return cls(cfg=cfg, item_codes=codes, level_sizes=meta["level_sizes"], max_history=meta["max_history"])
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -310,87 +179,6 @@ class Tiger(nn.Module):
             parts.append(self.embed_codes(prefix[:, :, start - 1 :], start - 1))
         return torch.cat(parts, dim=2)  # [B, W, d + 1 - start, D]
 
-    # ---- decoding without a KV cache (one decoder layer) -----------------------------------------------------
-    # With a single decoder layer, self-attention reads only the code tokens, so its output at the last position
-    # of a prefix is the same for every user: a property of the trie node. It is computed once per node, when a
-    # beam first needs it (kept in a table per depth while the depth has at most NODE_TABLE_MAX nodes), and a
-    # decoding step is then cross-attention and the feed-forward alone, for any subset of beams, with no cache
-    # to gather or grow.
-    NODE_TABLE_MAX = 500_000
-
-    @property
-    def cacheless(self) -> bool:
-        return len(self.decoder) == 1
-
-    def prefix_states(self, prefixes: Tensor) -> Tensor:
-        """prefixes [R, d] -> the decoder layer's state after self-attention at position d: [R, D]."""
-        x, _ = self.decoder[0].self_part(self.drop(self.decoder_inputs(prefixes[:, None])), None)
-        return x[:, 0, -1]
-
-    def node_states(self, trie: Trie, depth: int, nodes: Tensor) -> Tensor:
-        """Self-attention states of depth-`depth` trie nodes [...] -> [..., D]. Each node's state is computed the
-        first time a beam needs it and kept (per depth, while the weights, trie and autocast state are unchanged)."""
-        if trie.num_nodes(depth) > self.NODE_TABLE_MAX:
-            return self.prefix_states(trie.prefix_codes(depth, nodes.flatten())).view(*nodes.shape, -1)
-        key = (id(trie), tuple((p.data_ptr(), p._version) for p in self.parameters()), self.training,
-               torch.is_autocast_enabled(nodes.device.type))
-        tables = self.__dict__.setdefault("_node_states", {})
-        if depth not in tables or tables[depth][0] != key:
-            n = trie.num_nodes(depth)
-            tables[depth] = (key, torch.empty(n, self.cfg.d_model, device=nodes.device),
-                             torch.zeros(n, dtype=torch.bool, device=nodes.device))
-        _, table, done = tables[depth]
-        flat = nodes.flatten()
-        missing = flat[~done[flat]].unique()
-        if missing.numel():
-            table[missing] = self.prefix_states(trie.prefix_codes(depth, missing)).float()
-            done[missing] = True
-        return table[nodes]
-
-    def absorb(self, memory: Memory) -> tuple[Tensor, Tensor, Tensor]:
-        """The first decoder layer's cross-attention keys and values with its query and output projections folded
-        in, per user: K' [B, H*S, D] and V' [B, H*S, D] where K'[h, s] = Wq_h^T k_hs / sqrt(E) and
-        V'[h, s] = Wo_h v_hs, and the mask as a finite additive float [B, 1, 1 or H, S]. A query x then attends
-        with scores x . K'[h, s] = q_h . k_hs / sqrt(E) and output sum_h,s p_hs V'[h, s] = Wo (concat_h
-        sum_s p_hs v_hs): the same attention with no per-query projections, as two matmuls per user with one
-        [W, D] operand."""
-        a = self.decoder[0].cross_attn
-        H, E, D = a.h, a.e, self.cfg.d_model
-        k, v = memory.keys[0], memory.values[0]  # [B, H, S, E]
-        B, S = k.shape[0], k.shape[2]
-        wq = a.q.weight.view(H, E, D) * E**-0.5  # q_h = Wq_h x
-        wo = a.o.weight.view(D, H, E).permute(1, 2, 0)  # [H, E, D]: out = sum_h Wo_h o_h
-
-        def fold(x: Tensor, w: Tensor) -> Tensor:  # [B, H, S, E] x [H, E, D] -> [B, H*S, D], one matmul per head
-            y = torch.bmm(x.transpose(0, 1).reshape(H, B * S, E), w.to(x.dtype))  # [H, B*S, D]
-            return y.view(H, B, S, D).transpose(0, 1).reshape(B, H * S, D)
-
-        mask = memory.mask.transpose(1, 2)  # [B, 1 or H, 1, S] -> [B, 1, 1 or H, S]
-        mask = torch.where(mask, 0.0, float("-inf")) if mask.dtype == torch.bool else mask.float()
-        # a finite floor: a query with nowhere to attend gets a uniform (finite) mix instead of NaN
-        return fold(k, wq), fold(v, wo), mask.clamp(min=-1e30)
-
-    def decode_states(self, states: Tensor, memory: Memory, rows: Tensor | None = None) -> Tensor:
-        """Self-attention states [B, W, D] -> final decoder hidden states [B, W, D] (one decoder layer), or with
-        `rows` [B, W] (bool) those rows' only, [n, D]: the feed-forward, the costly part, skips the rest. Outside
-        training, cross-attention runs on the absorbed memory (`absorb`)."""
-        layer = self.decoder[0]
-        if self.training:
-            x = layer.cross_part(states[:, :, None], memory.keys[0], memory.values[0], memory.mask)[:, :, 0]
-            x = self.dec_norm(x)
-            return x if rows is None else x[rows]
-        if memory.absorbed is None:
-            memory.absorbed = self.absorb(memory)
-        keys, values, mask = memory.absorbed  # [B, H*S, D] x 2, [B, 1, 1 or H, S]
-        B, W, _ = states.shape
-        H = layer.cross_attn.h
-        s = torch.matmul(layer.ln2(states), keys.transpose(1, 2)).view(B, W, H, -1)  # [B, W, H, S]
-        p = softmax(s + mask).to(values.dtype).view(B, W, -1)  # [B, W, H*S]
-        x = states + torch.matmul(p, values)
-        if rows is not None:
-            x = x[rows]
-        return self.dec_norm(x + layer.ff(layer.ln3(x)))
-
     def decode(
         self, x: Tensor, memory: Memory, past: list[tuple[Tensor, Tensor]] | None = None
     ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
@@ -457,7 +245,7 @@ class Tiger(nn.Module):
             out.append(q[:, :K].float())
         return out
 
-    def forward(self, batch: Batch, label_smoothing: float = 0.0, teacher: Tensor | None = None,
+    def forward(self, batch: Batch, *, label_smoothing: float = 0.0, teacher: Tensor | None = None,
                 distill: float = 0.0) -> Output:
         """Teacher-forced loss. targets [B]: one target after each history. targets [B, T] (causal encoder
         only): the item after every history position, all trained in one pass; the decoder of the target
@@ -509,17 +297,39 @@ class Tiger(nn.Module):
             losses.append(loss)
         return Output(loss=torch.stack(losses).mean(), logits=logits)
 
-    @torch.no_grad()
-    def recommend(self, batch: Batch, k: int, exclude_history: bool = False) -> tuple[Tensor, Tensor]:
-        """Top-k catalogue items by constrained beam search (beam = k): (item_ids [B, k], scores [B, k])."""
-        from genrec.decode import beam_search
+    # ---- ranking -------------------------------------------------------------------------------------
+    def code_decoder(self, trie: Trie | None = None, *, use_kv_cache: bool = True) -> TigerDecoder:
+        """This model as trie-constrained search sees it (`genrec.search`), over the catalogue's trie."""
+        return TigerDecoder(self, self.trie if trie is None else trie, use_kv_cache=use_kv_cache)
 
-        result = beam_search(self, batch, self.trie, beam_size=k, exclude_history=exclude_history)
+    def ranking(self, name: str) -> RankingMethod:
+        if name == "generative":  # constrained beam search: a list of beam-size items
+            return RankingMethod("generative", complete=False, recommend=self._beam_recommend,
+                                 target_ranks=self._beam_ranks, cost_per_item=len(self.decoder))
+        if name == "exact":  # every item's log-probability: a complete ranking
+            return RankingMethod("exact", complete=True, recommend=self._exact_recommend,
+                                 target_ranks=self._exact_ranks, max_batch=8)
+        raise KeyError(name)
+
+    @torch.no_grad()
+    def _beam_recommend(self, batch: Batch, k: int, exclude_history: bool) -> tuple[Tensor, Tensor]:
+        result = beam_search(self.code_decoder(), batch, self.trie, beam_size=k, exclude_history=exclude_history)
         return result.items, result.scores
 
     @torch.no_grad()
-    def target_ranks(self, batch: Batch, k: int, exclude_history: bool = False) -> Tensor:
-        """0-based rank of each target among the k items `recommend` returns, MISS if absent: [B]."""
-        from genrec.decode import beam_ranks
+    def _beam_ranks(self, batch: Batch, k: int, exclude_history: bool) -> Tensor:
+        return beam_ranks(self.code_decoder(), batch, self.trie, beam_size=k, exclude_history=exclude_history)
 
-        return beam_ranks(self, batch, self.trie, beam_size=k, exclude_history=exclude_history)
+    @torch.no_grad()
+    def _exact_scores(self, batch: Batch, exclude_history: bool) -> Tensor:
+        scores = score_catalog(self.code_decoder(), batch, self.trie).float()  # [B, N]
+        return drop_items(scores, batch.history) if exclude_history else scores
+
+    @torch.no_grad()
+    def _exact_recommend(self, batch: Batch, k: int, exclude_history: bool) -> tuple[Tensor, Tensor]:
+        top, items = self._exact_scores(batch, exclude_history).topk(min(k, self.trie.num_items), dim=1)
+        return torch.where(torch.isfinite(top), items, -1), top
+
+    @torch.no_grad()
+    def _exact_ranks(self, batch: Batch, k: int, exclude_history: bool) -> Tensor:
+        return ranks_in_scores(self._exact_scores(batch, exclude_history), batch.targets, k)

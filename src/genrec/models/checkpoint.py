@@ -1,7 +1,7 @@
 """Model directories and resumable training checkpoints, in the Hugging Face layout.
 
-    <dir>/config.json         the model section, level sizes, history length, catalogue size and fingerprint
-    <dir>/model.safetensors   weights, including the catalogue's semantic IDs (`item_codes`)
+    <dir>/config.json         the model's kind and section, its shape (`checkpoint_meta`), the catalogue fingerprint
+    <dir>/model.safetensors   weights (a generative model's include the catalogue's semantic IDs, `item_codes`)
     <dir>/trainer_state.pt    (checkpoints only) optimizer, scheduler, step, data cursor, RNG states
 
 A directory is written under a temporary name and renamed into place, so a killed process never leaves a
@@ -10,48 +10,36 @@ half-written one behind.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from genrec.config import ModelConfig, from_dict, to_dict
 from genrec.errors import GenrecError
+from genrec.files import replace_dir
+from genrec.ids.catalog import Catalog
+from genrec.models.registry import MODELS, model_from_checkpoint
 
 
-def catalog_fingerprint(item_codes: np.ndarray | torch.Tensor) -> str:
-    codes = np.ascontiguousarray(np.asarray(item_codes, dtype=np.int64))
-    return hashlib.sha256(codes.tobytes() + str(codes.shape).encode()).hexdigest()[:16]
+def kind_of(model: nn.Module) -> str:
+    return next(kind for kind, cls in MODELS.items() if type(model) is cls)
 
 
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Atomically put directory `tmp` at `final`, replacing what was there."""
-    old = final.with_name(final.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old.exists():
-        shutil.rmtree(old)
-
-
-def save_model(model: nn.Module, directory: Path, extra_state: dict[str, Any] | None = None) -> None:
+def save_model(model: nn.Module, directory: Path, *, catalog: Catalog,
+               extra_state: dict[str, Any] | None = None) -> None:
     """Write config.json + model.safetensors (+ trainer_state.pt when extra_state is given) atomically."""
     directory = Path(directory)
     tmp = directory.with_name(directory.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    config = {"model": to_dict(model.cfg), "level_sizes": model.level_sizes, "max_history": model.max_history,
-              "num_items": int(model.item_codes.shape[0]), "catalog": catalog_fingerprint(model.item_codes)}
+    config = {"kind": kind_of(model), "model": to_dict(model.cfg), "meta": model.checkpoint_meta(),
+              "uses_sids": model.uses_sids, "catalog": catalog.fingerprint(with_sids=model.uses_sids)}
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(tmp / "model.safetensors"))
@@ -72,23 +60,28 @@ def load_model(directory: Path, map_location: str = "cpu") -> nn.Module:
                           f"train one with 'genrec train' or point to runs/<name>/train/best")
     except (json.JSONDecodeError, OSError, ValueError) as err:
         raise GenrecError(f"{directory} holds a corrupt model ({err}); retrain with 'genrec train --force'")
-    from genrec.models import build_model
-
+    kind = config.get("kind")
+    if kind not in MODELS or "meta" not in config:
+        raise GenrecError(f"{directory}/config.json does not name a model kind genrec knows ({kind!r}; known: "
+                          f"{', '.join(MODELS)}); it was written by another version: retrain with 'genrec train --force'")
+    section_cls = type(getattr(ModelConfig(), kind))
     with torch.random.fork_rng(devices=[]):  # the random init is overwritten: leave the caller's RNG as it was
-        model = build_model(from_dict(ModelConfig, config["model"]), item_codes=state["item_codes"],
-                            level_sizes=config["level_sizes"], max_history=config["max_history"])
+        model = model_from_checkpoint(kind, from_dict(section_cls, config["model"]), config["meta"])
     model.load_state_dict(state)
     return model.eval()
 
 
-def check_catalog(directory: Path, item_codes: np.ndarray) -> None:
-    """Fail if the model at `directory` was trained on other semantic IDs than `item_codes`."""
+def check_catalog(directory: Path, catalog: Catalog) -> None:
+    """Fail if the model at `directory` was trained on other items (or, for a generative model, other semantic
+    IDs) than `catalog`'s."""
     config = json.loads((Path(directory) / "config.json").read_text())
-    if config["catalog"] != catalog_fingerprint(item_codes):
+    current = catalog.fingerprint(with_sids=config["uses_sids"])
+    if config["catalog"] != current:
+        what = "semantic IDs" if config["uses_sids"] else "items"
         raise GenrecError(
-            f"the model in {directory} was trained on a different catalogue ({config['num_items']} items, "
-            f"fingerprint {config['catalog']}) than the current semantic IDs ({len(item_codes)} items, "
-            f"fingerprint {catalog_fingerprint(item_codes)}); retrain with 'genrec train --force'")
+            f"the model in {directory} was trained on a different catalogue ({config['meta']['num_items']} items, "
+            f"fingerprint {config['catalog']}) than the current {what} ({catalog.num_items} items, fingerprint "
+            f"{current}); retrain with 'genrec train --force'")
 
 
 def rng_state() -> dict[str, Any]:

@@ -23,10 +23,11 @@ from typing import Any
 import numpy as np
 
 from genrec.config import DataConfig
-from genrec.datasets import Dataset, load_dataset
+from genrec.data.loaders import Dataset, load_amazon2014, load_p5
+from genrec.data.table import load_table
 from genrec.errors import GenrecError
 from genrec.files import write_bytes
-from genrec.splits import Split, make_split
+from genrec.data.splits import Split, make_split
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,17 @@ SEQUENCES_FILE = "sequences.npz"
 USERS_FILE = "users.json"
 STATS_FILE = "stats.json"
 FILES = (ITEMS_FILE, SEQUENCES_FILE, USERS_FILE, STATS_FILE)
+
+
+def load_dataset(cfg: DataConfig) -> Dataset:
+    """Load the data described by `cfg` (dispatch on `cfg.format`)."""
+    loaders = {"p5": load_p5, "amazon2014": load_amazon2014, "table": load_table}
+    if cfg.format not in loaders:
+        raise GenrecError(f"data.format={cfg.format!r} is not one of {', '.join(loaders)}")
+    dataset = loaders[cfg.format](cfg)
+    logger.info("loaded %s data: %d users, %d items, %d interactions", cfg.format, dataset.num_users,
+                dataset.num_items, dataset.num_interactions)
+    return dataset
 
 
 def _percentiles(values: np.ndarray) -> dict[str, float]:

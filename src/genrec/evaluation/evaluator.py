@@ -6,14 +6,12 @@ computed on item IDs after mapping semantic IDs back to items, so two items that
 never confused. Recall@k = share of users whose target is in the top k; NDCG@k = mean of 1/log2(rank + 2)
 over users whose target is in the top k (one relevant item, so the ideal DCG is 1).
 
-Two methods:
-- "generative": constrained beam search with `beam_size` beams returns `beam_size` items; metrics are
-  reported only for k <= beam_size (a larger k would be capped by the beam, and is listed as omitted). The
-  evaluator asks the model for each target's rank in that list (`target_ranks`), which a Tiger computes by a
-  pruned beam search with the same answer (`decode.beam_ranks`): a user is finished once the target's prefix
-  leaves the beam, and beams that cannot end above the target are never expanded.
-- "exact": every item's log-probability is computed (work shared along the trie); the ranking is complete,
-  so every k is reported. The rank of a target is the number of items scoring strictly higher.
+Each model offers ranking methods (`RankingMethod`); `evaluate.methods` picks which are evaluated (default:
+the model's first). A method whose ranking is complete (every item scored, e.g. `exact`, `sasrec`) reports
+every k. A top-list method (`generative`: constrained beam search with `beam_size` beams) reports only
+k <= beam_size (a larger k would be capped by the beam, and is listed as omitted). The evaluator asks each
+method for the rank of every target in its list (`target_ranks`), which for beam search is a pruned search with
+the same answer (`genrec.search.beam_ranks`).
 
 Users are sharded across processes as indices[rank::world] with no padding, and sums of per-user metric
 values and user counts are all-reduced, so N processes give the same numbers as one. Validation is for model
@@ -25,7 +23,6 @@ When a split's targets do repeat history items the evaluator warns, since those 
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -38,12 +35,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from genrec.batches import eval_batches
-from genrec.config import Config
-from genrec.decode import score_catalog
+from genrec.config import Config, EvaluateConfig
+from genrec.data.batches import eval_batches
+from genrec.data.splits import EvalSet
 from genrec.distributed import DistInfo, all_reduce_sum
-from genrec.metrics import metric_sums, ranks_in_scores
-from genrec.splits import EvalSet
+from genrec.errors import GenrecError
+from genrec.evaluation.metrics import metric_sums
+from genrec.files import save_json
+from genrec.models.checkpoint import check_catalog, load_model
+from genrec.models.types import RankingMethod
+from genrec.rundir import RunDir
+from genrec.workspace import Workspace, load_workspace
 
 logger = logging.getLogger(__name__)
 
@@ -72,32 +74,38 @@ def resolve_dtype(dtype: str, device_type: str) -> str:
     return "bfloat16" if {"avx512_bf16", "amx_bf16"} & set(flags) else "float32"
 
 
+def methods_of(model: nn.Module, names: tuple[str, ...]) -> list[RankingMethod]:
+    """The model's ranking methods named by `names` (empty: its default), or a GenrecError naming the ones it has."""
+    names = names or model.methods[:1]
+    unknown = [n for n in names if n not in model.methods]
+    if unknown:
+        raise GenrecError(f"evaluate.methods names {', '.join(unknown)}, which a {type(model).__name__} does not "
+                          f"offer; choose from {', '.join(model.methods)}")
+    return [model.ranking(n) for n in names]
+
+
 @torch.no_grad()
 def evaluate_split(
     model: nn.Module, eval_set: EvalSet, user_bucket: np.ndarray, *, split: str, beam_size: int,
-    ks: tuple[int, ...], exact: bool = False, batch_size: int = 256, exclude_history: bool = False,
+    ks: tuple[int, ...], methods: tuple[str, ...] = (), batch_size: int = 256, exclude_history: bool = False,
     rank: int = 0, world_size: int = 1, all_reduce: Callable[[Tensor], Tensor] = lambda t: t,
     progress: bool = False, dtype: str = "auto",
 ) -> EvalResult:
-    """Recall/NDCG@k of `model` on one split; every process calls this with its rank.
+    """Recall/NDCG@k of `model`'s ranking `methods` on one split; every process calls this with its rank.
 
-    The model returns `beam_size` items per user, or max(ks) when it ranks the whole catalogue anyway
-    (`complete_ranking`); `exact` adds the complete ranking of a generative model (`score_catalog`)."""
+    A top-list method returns `beam_size` items per user, a complete one max(ks)."""
     start = time.perf_counter()
     model.eval()
     ks = tuple(sorted(ks))
-    returned = max(ks) if model.complete_ranking else beam_size
-    method_ks = {model.method: tuple(k for k in ks if k <= returned)}
-    exact = exact and not model.complete_ranking
-    if exact:
-        method_ks["exact"] = ks
-    sums = {method: torch.zeros(2, len(m_ks), dtype=torch.double) for method, m_ks in method_ks.items()}
+    rankings = methods_of(model, methods)
+    returned = {m.name: max(ks) if m.complete else beam_size for m in rankings}
+    method_ks = {m.name: tuple(k for k in ks if k <= returned[m.name]) for m in rankings}
+    sums = {name: torch.zeros(2, len(m_ks), dtype=torch.double) for name, m_ks in method_ks.items()}
     count = torch.zeros(1, dtype=torch.double)
-    # decoder rows (users x beams) per batch are capped so that wide beams fit in memory
-    rows = MAX_DECODER_ROWS // max(1, model.cfg.decoder_layers if model.method == "generative" else 1)
-    batch_size = max(1, min(batch_size, rows // returned))
-    if exact:
-        batch_size = min(batch_size, 8)
+    for m in rankings:  # decoder rows (users x returned items) per batch are capped so that wide beams fit
+        batch_size = max(1, min(batch_size, MAX_DECODER_ROWS // max(1, m.cost_per_item) // returned[m.name]))
+        if m.max_batch:
+            batch_size = min(batch_size, m.max_batch)
     batches = eval_batches(eval_set.histories, eval_set.targets, user_bucket[eval_set.users],
                            max_history=model.max_history, batch_size=batch_size, rank=rank, world_size=world_size)
     if progress:
@@ -105,35 +113,29 @@ def evaluate_split(
 
         total = (len(eval_set.targets[rank::world_size]) + batch_size - 1) // batch_size
         batches = tqdm(batches, total=total, desc=f"evaluate {split}", leave=False)
-    device_type = model.item_codes.device.type
+    device_type = next(model.parameters()).device.type
     dtype = resolve_dtype(dtype, device_type)
     autocast = (torch.autocast(device_type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext())
     for _, batch in batches:
-        if method_ks[model.method]:
-            with autocast:
-                ranks = model.target_ranks(batch, returned, exclude_history=exclude_history)
-            sums[model.method] += metric_sums(ranks, method_ks[model.method])
-        if exact:
-            with autocast:
-                scores = score_catalog(model, batch, model.trie).float()  # [B, N]
-            if exclude_history:
-                hist = batch.history.clamp(min=0)
-                scores.scatter_(1, hist, torch.where(batch.history >= 0, float("-inf"), scores.gather(1, hist)))
-            sums["exact"] += metric_sums(ranks_in_scores(scores, batch.targets), ks)
+        for m in rankings:
+            if method_ks[m.name]:
+                with autocast:
+                    ranks = m.target_ranks(batch, returned[m.name], exclude_history)
+                sums[m.name] += metric_sums(ranks, method_ks[m.name])
         count += batch.targets.shape[0]
     out = EvalResult()
     n = float(all_reduce(count)[0])
-    for method, s in sums.items():
+    for name, s in sums.items():
         s = all_reduce(s) / max(n, 1.0)
-        for j, k in enumerate(method_ks[method]):
-            out.metrics[f"{split}/{method}/recall@{k}"] = float(s[0, j])
-            out.metrics[f"{split}/{method}/ndcg@{k}"] = float(s[1, j])
-    for k in ks:
-        if k > returned:
-            reason = (f"beam search returns {beam_size} items (evaluate.beam_size); raise it to >= {k} "
-                      f"or set evaluate.exact=true for a complete ranking")
-            out.omitted[f"{split}/{model.method}/recall@{k}"] = reason
-            out.omitted[f"{split}/{model.method}/ndcg@{k}"] = reason
+        for j, k in enumerate(method_ks[name]):
+            out.metrics[f"{split}/{name}/recall@{k}"] = float(s[0, j])
+            out.metrics[f"{split}/{name}/ndcg@{k}"] = float(s[1, j])
+        for k in ks:
+            if k > returned[name]:
+                reason = (f"beam search returns {beam_size} items (evaluate.beam_size); raise it to >= {k} "
+                          f"or add a method with a complete ranking to evaluate.methods")
+                out.omitted[f"{split}/{name}/recall@{k}"] = reason
+                out.omitted[f"{split}/{name}/ndcg@{k}"] = reason
     out.users, out.seconds = int(n), time.perf_counter() - start
     return out
 
@@ -157,21 +159,28 @@ def format_table(metrics: dict[str, float], ks: tuple[int, ...]) -> str:
     return "\n".join(lines)
 
 
-def evaluate_run(cfg: Config, run_dir: Path, out_dir: Path, dist: DistInfo, model_dir: Path | None = None
+def evaluate_workspace(model: nn.Module, ws: Workspace, e: EvaluateConfig, dist: DistInfo, *, split: str,
+                       beam_size: int, ks: tuple[int, ...], methods: tuple[str, ...] = ()) -> EvalResult:
+    """`evaluate_split` on a run's split with the settings of the `evaluate` section, sharded over processes."""
+    return evaluate_split(model, ws.split.valid if split == "valid" else ws.split.test, ws.user_bucket, split=split,
+                          beam_size=beam_size, ks=ks, methods=methods, batch_size=e.batch_size,
+                          exclude_history=e.exclude_history, rank=dist.rank, world_size=dist.world_size,
+                          all_reduce=all_reduce_sum, progress=dist.is_main and sys.stderr.isatty(), dtype=e.dtype)
+
+
+def evaluate_run(cfg: Config, run: RunDir, out_dir: Path, dist: DistInfo, model_dir: Path | None = None
                  ) -> dict[str, Any]:
     """The evaluate stage: the selected model of a run on its validation and test splits -> results.json."""
-    from genrec.checkpoint import check_catalog, load_model
-    from genrec.workspace import load_workspace
-
-    ws = load_workspace(cfg, run_dir)
-    model_dir = model_dir or run_dir / "train" / "best"
+    model_dir = model_dir or run.model
     model = load_model(model_dir, map_location=dist.device)
-    check_catalog(model_dir, ws.item_codes)
+    ws = load_workspace(cfg, run, with_sids=model.uses_sids)
+    check_catalog(model_dir, ws.catalog)
     e = cfg.evaluate
     results: dict[str, Any] = {"metrics": {}, "omitted": {}, "users": {}, "seconds": {},
-                               "beam_size": e.beam_size, "exact": e.exact, "exclude_history": e.exclude_history,
+                               "beam_size": e.beam_size, "methods": [m.name for m in methods_of(model, e.methods)],
+                               "exclude_history": e.exclude_history,
                                "dtype": resolve_dtype(e.dtype, torch.device(dist.device).type),
-                               "model": str(model_dir), "num_items": len(ws.item_ids)}
+                               "model": str(model_dir), "num_items": ws.catalog.num_items}
     for split in e.splits:
         eval_set = ws.split.valid if split == "valid" else ws.split.test
         repeats = repeat_share(eval_set) if e.exclude_history else 0.0
@@ -179,14 +188,11 @@ def evaluate_run(cfg: Config, run_dir: Path, out_dir: Path, dist: DistInfo, mode
             logger.warning("%s: %.1f%% of targets are already in the user's history and cannot be hit with "
                            "evaluate.exclude_history=true; set it to false for data with repeat interactions",
                            split, 100 * repeats)
-        r = evaluate_split(model, eval_set, ws.user_bucket, split=split,
-                           beam_size=e.beam_size, ks=e.ks, exact=e.exact, batch_size=e.batch_size,
-                           exclude_history=e.exclude_history, rank=dist.rank, world_size=dist.world_size,
-                           all_reduce=all_reduce_sum, progress=dist.is_main and sys.stderr.isatty(), dtype=e.dtype)
+        r = evaluate_workspace(model, ws, e, dist, split=split, beam_size=e.beam_size, ks=e.ks, methods=e.methods)
         results["metrics"].update(r.metrics)
         results["omitted"].update(r.omitted)
         results["users"][split], results["seconds"][split] = r.users, round(r.seconds, 2)
         logger.info("%s: %d users in %.1f s", split, r.users, r.seconds)
     if dist.is_main:
-        (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+        save_json(out_dir / "results.json", results)
     return results

@@ -1,4 +1,5 @@
-"""Stage `quantize`: item embeddings -> semantic IDs with residual k-means (RQ-KMeans).
+"""Stage `quantize`: item embeddings -> semantic IDs with a quantizer (`quantize.method`: residual k-means,
+`rqkmeans`), behind one interface (`Quantizer`).
 
 Reads `item_embeddings_l2norm.npy` (or `item_embeddings_raw.npy` when `quantize.normalize` is false) from
 the collab stage (collaborative embeddings, when `collab.enabled`) or the embed stage (text) and writes, in the stage directory:
@@ -16,14 +17,15 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Callable, Protocol
 
 import numpy as np
-import torch
 
 from genrec.config import QuantizeConfig, to_dict
 from genrec.errors import GenrecError
 from genrec.files import save_json, save_npy
-from genrec.rqkmeans import add_collision_level, codebook_health, fit_rq_kmeans
+from genrec.ids.rqkmeans import RQKMeans, add_collision_level, codebook_health
+from genrec.rundir import CODES, EMBEDDINGS, ITEM_IDS, RAW_EMBEDDINGS, SIDS
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ def load_embeddings(embed_dir: Path, normalize: bool) -> np.ndarray:
     """The embed (or collab) stage's float32 [N, D] matrix; GenrecError when it is missing, unreadable or
     malformed."""
     rerun = f"rerun 'genrec {Path(embed_dir).name}' (or pass --force)"
-    path = Path(embed_dir) / ("item_embeddings_l2norm.npy" if normalize else "item_embeddings_raw.npy")
+    path = Path(embed_dir) / (EMBEDDINGS if normalize else RAW_EMBEDDINGS)
     if not path.is_file():
         raise GenrecError(f"{path} does not exist; {rerun}")
     try:
@@ -42,7 +44,7 @@ def load_embeddings(embed_dir: Path, normalize: bool) -> np.ndarray:
         raise GenrecError(f"{path} holds a {x.dtype} array of shape {x.shape}, not a float [N, D] matrix; {rerun}")
     if not np.isfinite(x).all():
         raise GenrecError(f"{path} contains NaN or infinite values; {rerun}")
-    ids_path = Path(embed_dir) / "item_ids.json"
+    ids_path = Path(embed_dir) / ITEM_IDS
     if ids_path.is_file():
         try:
             num_ids = len(json.loads(ids_path.read_text()))
@@ -65,32 +67,56 @@ def _log_health(summary: dict) -> None:
     logger.info("codebook health\n%s", "\n".join(lines))
 
 
+class Quantizer(Protocol):
+    """Item vectors -> codes of `num_levels` levels in [0, `codebook_size`). `fit` learns from the catalogue's
+    vectors and returns their codes; `encode` codes any vectors, items not seen at fit time too."""
+
+    num_levels: int
+    codebook_size: int
+    stats: dict  # what fitting measured (JSON-able), e.g. the residual error per level
+
+    def fit(self, x: np.ndarray) -> np.ndarray: ...  # [N, D] -> [N, L]
+
+    def encode(self, x: np.ndarray) -> np.ndarray: ...  # [M, D] -> [M, L]
+
+    def save(self, directory: Path) -> None: ...
+
+
+QUANTIZERS: dict[str, Callable[[QuantizeConfig], Quantizer]] = {
+    "rqkmeans": lambda cfg: RQKMeans(num_levels=cfg.num_levels, codebook_size=cfg.codebook_size, iters=cfg.iters,
+                                     seed=cfg.seed),
+}
+
+
 def quantize(cfg: QuantizeConfig, embed_dir: Path, out_dir: Path) -> dict:
-    """Fit RQ-KMeans on the embed stage's vectors and write codes, centroids and a summary; returns the summary."""
+    """Fit the `quantize.method` quantizer on the embed (or collab) stage's vectors and write codes, the
+    quantizer, and a summary; returns the summary."""
+    name = RAW_EMBEDDINGS if not cfg.normalize else EMBEDDINGS
     x = load_embeddings(Path(embed_dir), cfg.normalize)  # [N, D]
+    if x.shape[0] < cfg.codebook_size:
+        raise GenrecError(f"the catalogue has {x.shape[0]} items, fewer than quantize.codebook_size="
+                          f"{cfg.codebook_size}; lower it (e.g. quantize.codebook_size={max(1, x.shape[0] // 4)})")
     start = time.perf_counter()
-    result = fit_rq_kmeans(torch.from_numpy(x), num_levels=cfg.num_levels, codebook_size=cfg.codebook_size,
-                           iters=cfg.iters, seed=cfg.seed)
-    codes = result.codes.numpy()  # [N, L]
+    quantizer = QUANTIZERS[cfg.method](cfg)
+    codes = quantizer.fit(x)  # [N, L]
     with_suffix = add_collision_level(codes)  # [N, L + 1]
     health = codebook_health(codes, cfg.codebook_size)
     seconds = time.perf_counter() - start
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for level, centroids in enumerate(result.centroids):
-        save_npy(out_dir / f"centroids_{level}.npy", centroids.cpu().numpy().astype(np.float32))
-    save_npy(out_dir / "codes.npy", codes.astype(np.int64))
-    save_npy(out_dir / "codes_with_suffix.npy", with_suffix.astype(np.int64))
-    levels = [dict(row, residual_mse=result.residual_norms[row["level"] + 1]) for row in health["levels"]]
+    quantizer.save(out_dir)
+    save_npy(out_dir / CODES, codes.astype(np.int64))
+    save_npy(out_dir / SIDS, with_suffix.astype(np.int64))
+    residual = quantizer.stats.get("residual_mse")
+    levels = [dict(row, residual_mse=residual[row["level"] + 1]) if residual else row for row in health["levels"]]
     summary = {
         "config": to_dict(cfg),
-        "embeddings": f"{Path(embed_dir).name}/" + ("item_embeddings_l2norm.npy" if cfg.normalize
-                                                     else "item_embeddings_raw.npy"),
+        "embeddings": f"{Path(embed_dir).name}/{name}",
         "num_items": int(x.shape[0]),
         "dim": int(x.shape[1]),
         "levels": levels,
-        "residual_mse": result.residual_norms,  # before level 0, then after each level
+        **quantizer.stats,
         "num_ids": health["num_ids"],
         "unique_fraction": health["unique_fraction"],  # share of items whose L codes no other item has
         "collision_groups": health["collision_groups"],

@@ -10,20 +10,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-
-MISS = 2**62  # the rank of a target that is not in the returned list: beyond every k
+from genrec.search.ranking import MISS
 
 
 def ranks_in_list(items: Tensor, targets: Tensor) -> Tensor:
     """items [B, n] ranked item ids (-1 = empty slot), targets [B] -> 0-based rank [B]; MISS if absent."""
     hit = items == targets[:, None]
     return torch.where(hit.any(1), hit.float().argmax(1), torch.full_like(targets, MISS))
-
-
-def ranks_in_scores(scores: Tensor, targets: Tensor) -> Tensor:
-    """scores [B, N] over the whole catalogue -> 0-based rank of each target: items scoring strictly higher."""
-    target_score = scores.gather(1, targets[:, None])
-    return (scores > target_score).sum(1)
 
 
 def metric_sums(ranks: Tensor, ks: tuple[int, ...]) -> Tensor:

@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from genrec.errors import GenrecError
 
 
 @dataclass
@@ -99,10 +98,11 @@ class Trie:
 
 
 def build_trie(item_codes: np.ndarray | Tensor) -> Trie:
-    """item_codes [N, C] (one distinct row per item) -> Trie. Raises GenrecError on duplicate IDs."""
+    """item_codes [N, C] (one distinct row per item) -> Trie. Raises ValueError on a malformed array or on two
+    items with one ID."""
     codes = torch.as_tensor(np.asarray(item_codes), dtype=torch.long)
     if codes.ndim != 2 or codes.shape[0] == 0:
-        raise GenrecError(f"semantic IDs must be a non-empty [items, levels] array, got shape {tuple(codes.shape)}")
+        raise ValueError(f"semantic IDs must be a non-empty [items, levels] array, got shape {tuple(codes.shape)}")
     N, C = codes.shape
     order = torch.from_numpy(np.lexsort(codes.numpy().T[::-1]).copy())  # sort by level 0, then 1, ...
     s = codes[order]  # [N, C] sorted
@@ -110,7 +110,7 @@ def build_trie(item_codes: np.ndarray | Tensor) -> Trie:
     differs[1:] = s[1:] != s[:-1]
     new_node = differs.cumsum(1) > 0  # [N, C]: row starts a new depth-(d+1) node
     if not bool(new_node[:, -1].all()):
-        raise GenrecError("two items share a semantic ID; rerun 'genrec quantize' so the extra level makes IDs unique")
+        raise ValueError("two items share a semantic ID")
     child_start, node_code, parent, max_children = [], [], [], []
     prev_id = torch.zeros(N, dtype=torch.long)  # depth-0 node id of each row (the root)
     for d in range(C):

@@ -1,4 +1,5 @@
-"""Residual k-means (RQ-KMeans): item embeddings -> L levels of codes in [0, K). Pure torch, no file I/O.
+"""Residual k-means (RQ-KMeans): item embeddings -> L levels of codes in [0, K). Pure torch; `RQKMeans` is
+the quantizer (fit, encode, save, load) the quantize stage uses.
 
 Level l runs k-means on the residuals left by levels 0..l-1; an item's semantic ID is its code per level.
 `add_collision_level` appends one more level that numbers items sharing all L codes, so IDs are unique.
@@ -20,13 +21,15 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from genrec.errors import GenrecError
+from genrec.files import save_npy
+
 
 logger = logging.getLogger(__name__)
 
@@ -227,12 +230,11 @@ def fit_rq_kmeans(x: Tensor, *, num_levels: int, codebook_size: int, iters: int,
     shard (e.g. `rows[rank::world]`), `rank` its index, and every process gets the same centroids.
     """
     if x.ndim != 2:
-        raise GenrecError(f"embeddings must be a [N, D] matrix, got shape {tuple(x.shape)}; rerun 'genrec embed'")
+        raise ValueError(f"embeddings must be a [N, D] matrix, got shape {tuple(x.shape)}")
     reduce = all_reduce or _identity
     total = int(reduce(torch.tensor([float(x.shape[0])], dtype=torch.float64, device=x.device)).item())
     if total < codebook_size:
-        raise GenrecError(f"the catalogue has {total} items, fewer than quantize.codebook_size={codebook_size}; "
-                          f"lower quantize.codebook_size (e.g. quantize.codebook_size={max(1, total // 4)})")
+        raise ValueError(f"{total} rows cannot fill a codebook of {codebook_size} codes")
     generator = torch.Generator().manual_seed(seed)
     residual = x.detach().float().clone().contiguous()  # [N, D]
     codes = torch.empty(x.shape[0], num_levels, dtype=torch.int64, device=x.device)  # [N, L]
@@ -303,3 +305,40 @@ def codebook_health(codes: np.ndarray, codebook_size: int) -> dict:
         "collision_groups": int((sizes > 1).sum()),
         "largest_group": int(sizes.max()) if n else 0,
     }
+
+
+class RQKMeans:
+    """The residual k-means quantizer: `fit` learns L codebooks of K centroids (returning the rows' codes),
+    `encode` gives codes to any rows (items not seen at fit time too), `save`/`load` keep the codebooks as
+    `centroids_<level>.npy` (float32 [K, D])."""
+
+    def __init__(self, *, num_levels: int, codebook_size: int, iters: int = 50, seed: int = 0) -> None:
+        self.num_levels, self.codebook_size, self.iters, self.seed = num_levels, codebook_size, iters, seed
+        self.centroids: list[Tensor] = []
+        self.stats: dict = {}
+
+    def fit(self, x: np.ndarray) -> np.ndarray:
+        """x [N, D] -> codes [N, L]; also sets `centroids` and `stats` (the residual error per level)."""
+        result = fit_rq_kmeans(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+                               num_levels=self.num_levels, codebook_size=self.codebook_size, iters=self.iters,
+                               seed=self.seed)
+        self.centroids = result.centroids
+        self.stats = {"residual_mse": result.residual_norms}  # before level 0, then after each level
+        return result.codes.numpy()
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        """x [M, D] -> codes [M, L] with the fitted codebooks."""
+        if not self.centroids:
+            raise ValueError("RQKMeans.encode before fit or load")
+        return encode(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), self.centroids).numpy()
+
+    def save(self, directory: Path) -> None:
+        for level, centroids in enumerate(self.centroids):
+            save_npy(Path(directory) / f"centroids_{level}.npy", centroids.cpu().numpy().astype(np.float32))
+
+    @classmethod
+    def load(cls, directory: Path, *, num_levels: int, codebook_size: int) -> RQKMeans:
+        q = cls(num_levels=num_levels, codebook_size=codebook_size)
+        q.centroids = [torch.from_numpy(np.load(Path(directory) / f"centroids_{level}.npy"))
+                       for level in range(num_levels)]
+        return q

@@ -1,42 +1,41 @@
 """SASRec (Kang & McAuley, ICDM 2018): a causal Transformer over item embeddings, trained with full-softmax
 cross-entropy over the whole catalogue at every position. The strong ID-based baseline beside TIGER, trained
-through the same data, splits, trainer and evaluator.
+through the same data, splits, trainer and evaluator, and the collab stage's source of item embeddings.
 
 Shapes: B users, T history positions, D d_model, N catalogue items.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genrec.config import ModelConfig
-from genrec.metrics import MISS
-from genrec.tiger import Batch, EncoderLayer, Output
-
-
-def _drop_items(scores: Tensor, items: Tensor) -> Tensor:
-    """scores [n, N] with the listed items [n, m] (-1: none) set to -inf, in place."""
-    rows, cols = (items >= 0).nonzero(as_tuple=True)
-    scores[rows, items[rows, cols]] = float("-inf")
-    return scores
+from genrec.config import SASRecConfig
+from genrec.data.batches import Batch
+from genrec.ids.catalog import Catalog
+from genrec.models.layers import EncoderLayer
+from genrec.models.types import Output, RankingMethod
+from genrec.search import drop_items, ranks_in_scores
 
 
 class SASRec(nn.Module):
-    """`item_codes` [N, C] is kept only to identify the catalogue the model was trained on."""
+    methods = ("sasrec",)  # every item scored by a dot product with the history's state: a complete ranking
+    learns_from_teacher = False
+    uses_sids = False
+    all_positions = True  # trains on whole sequences, a target at every position
 
-    method = "sasrec"  # metric key of this model's ranking
-    complete_ranking = True  # every item is scored, so any k can be reported
-
-    def __init__(self, *, cfg: ModelConfig, item_codes: Tensor, level_sizes: list[int], max_history: int) -> None:
+    def __init__(self, *, cfg: SASRecConfig, num_items: int, max_history: int) -> None:
         super().__init__()
-        self.cfg, self.level_sizes, self.max_history = cfg, list(level_sizes), max_history
-        self.register_buffer("item_codes", item_codes.long(), persistent=True)  # [N, C]
-        N, D = item_codes.shape[0], cfg.d_model
-        self.item_emb = nn.Embedding(N + 1, D)  # last row: padding
+        self.cfg, self.num_items, self.max_history = cfg, num_items, max_history
+        D = cfg.d_model
+        self.item_emb = nn.Embedding(num_items + 1, D)  # last row: padding
         self.pos_emb = nn.Embedding(max_history, D)
-        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
+        self.layers = nn.ModuleList(
+            EncoderLayer(d_model=D, num_heads=cfg.num_heads, head_dim=cfg.head_dim, d_ff=cfg.d_ff, dropout=cfg.dropout)
+            for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(D)
         self.drop = nn.Dropout(cfg.dropout)
         for m in self.modules():
@@ -45,11 +44,20 @@ class SASRec(nn.Module):
                 if isinstance(m, nn.Linear) and m.bias is not None:
                     nn.init.zeros_(m.bias)
 
-    all_positions = True  # trains on whole sequences, a target at every position
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {"num_items": self.num_items, "max_history": self.max_history}
 
-    @property
-    def num_items(self) -> int:
-        return int(self.item_codes.shape[0])
+    @classmethod
+    def from_catalog(cls, cfg: SASRecConfig, *, catalog: Catalog, max_history: int) -> SASRec:
+        return cls(cfg=cfg, num_items=catalog.num_items, max_history=max_history)
+
+    @classmethod
+    def from_checkpoint(cls, cfg: SASRecConfig, meta: dict[str, Any]) -> SASRec:
+        return cls(cfg=cfg, num_items=meta["num_items"], max_history=meta["max_history"])
+
+    def item_embeddings(self) -> Tensor:
+        """The catalogue's item embeddings [N, D] (input and output layer are tied)."""
+        return self.item_emb.weight[: self.num_items]
 
     def hidden(self, history: Tensor) -> Tensor:
         """history [B, T] left-padded with -1 -> states [B, T, D]; state t summarises items <= t."""
@@ -66,12 +74,13 @@ class SASRec(nn.Module):
         return self.norm(x)
 
     def logits(self, h: Tensor) -> Tensor:  # [..., D] -> [..., N] (item embeddings tied to the output)
-        return h @ self.item_emb.weight[: self.num_items].T
+        return h @ self.item_embeddings().T
 
-    def forward(self, batch: Batch, label_smoothing: float = 0.0) -> Output:
+    def forward(self, batch: Batch, *, label_smoothing: float = 0.0, teacher: Tensor | None = None,
+                distill: float = 0.0) -> Output:
         """targets [B, T]: the next item after every position (-1: none); or [B]: after the last position."""
         targets = batch.targets
-        assert targets is not None
+        assert targets is not None and teacher is None
         history = batch.history if targets.ndim == 2 else batch.history[:, -self.max_history :]
         h = self.hidden(history)
         if targets.ndim == 2:
@@ -100,28 +109,25 @@ class SASRec(nn.Module):
         else:
             h, seen = h[:, -1], history
         z = self.logits(h).float() / temperature  # [n, N]
-        return F.softmax(_drop_items(z, seen), dim=-1)
+        return F.softmax(drop_items(z, seen), dim=-1)
 
     @torch.no_grad()
-    def score(self, batch: Batch) -> Tensor:
-        """Log-probabilities of every catalogue item as the next one: [B, N]."""
+    def score(self, batch: Batch, exclude_history: bool = False) -> Tensor:
+        """Log-probabilities of every catalogue item as the next one: [B, N] (-inf for removed history items)."""
         h = self.hidden(batch.history[:, -self.max_history :])[:, -1]
-        return F.log_softmax(self.logits(h).float(), dim=-1)
+        scores = F.log_softmax(self.logits(h).float(), dim=-1)
+        return drop_items(scores, batch.history) if exclude_history else scores
 
-    def _scores(self, batch: Batch, exclude_history: bool) -> Tensor:
-        scores = self.score(batch)
-        return _drop_items(scores, batch.history) if exclude_history else scores
-
-    @torch.no_grad()
-    def recommend(self, batch: Batch, k: int, exclude_history: bool = False) -> tuple[Tensor, Tensor]:
-        """Top-k items by exact score: (item_ids [B, k], scores [B, k])."""
-        top, items = self._scores(batch, exclude_history).topk(min(k, self.num_items), dim=1)
-        return items, top
+    def ranking(self, name: str) -> RankingMethod:
+        if name != "sasrec":
+            raise KeyError(name)
+        return RankingMethod("sasrec", complete=True, recommend=self._recommend, target_ranks=self._target_ranks)
 
     @torch.no_grad()
-    def target_ranks(self, batch: Batch, k: int, exclude_history: bool = False) -> Tensor:
-        """0-based rank of each target (items scoring strictly higher), MISS beyond k or if excluded: [B]."""
-        scores = self._scores(batch, exclude_history)
-        own = scores.gather(1, batch.targets[:, None])
-        ranks = (scores > own).sum(1)
-        return torch.where((ranks < k) & torch.isfinite(own[:, 0]), ranks, torch.full_like(ranks, MISS))
+    def _recommend(self, batch: Batch, k: int, exclude_history: bool) -> tuple[Tensor, Tensor]:
+        top, items = self.score(batch, exclude_history).topk(min(k, self.num_items), dim=1)
+        return torch.where(torch.isfinite(top), items, -1), top
+
+    @torch.no_grad()
+    def _target_ranks(self, batch: Batch, k: int, exclude_history: bool) -> Tensor:
+        return ranks_in_scores(self.score(batch, exclude_history), batch.targets, k)

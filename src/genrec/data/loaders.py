@@ -1,4 +1,4 @@
-"""Loaders that turn interaction data into one in-memory `Dataset` (items, users, chronological sequences).
+"""Loaders (`load_p5`, `load_amazon2014`) that turn interaction data into one in-memory `Dataset` (items, users, chronological sequences).
 
 Three source formats, chosen by `data.format`:
 
@@ -7,8 +7,8 @@ Three source formats, chosen by `data.format`:
   `user_sequence` top to bottom, left to right, which equals P5's `p5_item_id - 1`.
 - ``amazon2014``: the raw McAuley 2014 files `reviews_<category>_5.json.gz` (JSON lines) and
   `meta_<category>.json.gz` (Python dict literals, parsed with `ast.literal_eval`, never `eval`).
-- ``table``: a CSV or Parquet file of interactions (`user`, `item`, optional `timestamp`) and an optional
-  table of item text (`item` plus any other columns).
+- ``table`` (in `table.py`): a CSV or Parquet file of interactions (`user`, `item`, optional `timestamp`) and
+  an optional table of item text (`item` plus any other columns).
 
 For ``amazon2014`` and ``table`` each user's interactions are sorted by time (stable: file order on ties),
 repeated (user, item) pairs are dropped keeping the earliest, and an iterative k-core filter with
@@ -75,21 +75,10 @@ class Dataset:
         return sum(len(s) for s in self.sequences)
 
 
-def load_dataset(cfg: DataConfig) -> Dataset:
-    """Load the data described by `cfg` (dispatch on `cfg.format`)."""
-    loaders = {"p5": _load_p5, "amazon2014": _load_amazon2014, "table": _load_table}
-    if cfg.format not in loaders:
-        raise GenrecError(f"data.format={cfg.format!r} is not one of {', '.join(loaders)}")
-    dataset = loaders[cfg.format](cfg)
-    logger.info("loaded %s data: %d users, %d items, %d interactions", cfg.format, dataset.num_users,
-                dataset.num_items, dataset.num_interactions)
-    return dataset
-
-
 # ----------------------------------------------------------------------------------------------- file helpers
 
 
-def _one_line(err: BaseException) -> str:
+def one_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
 
@@ -102,7 +91,7 @@ def _read_lines(path: Path) -> Iterator[tuple[int, str]]:
             for lineno, line in enumerate(f, 1):
                 yield lineno, line
     except (OSError, EOFError, zlib.error, UnicodeDecodeError) as err:
-        raise GenrecError(f"{path} is corrupt near line {lineno + 1} ({_one_line(err)}); "
+        raise GenrecError(f"{path} is corrupt near line {lineno + 1} ({one_line(err)}); "
                           "re-download or re-create the file") from None
 
 
@@ -153,7 +142,7 @@ def _kcore(users: np.ndarray, items: np.ndarray, k: int) -> tuple[np.ndarray, in
         keep = new
 
 
-def _index(users: list[str], items: list[str], times: np.ndarray | None, *, min_interactions: int,
+def index_interactions(users: list[str], items: list[str], times: np.ndarray | None, *, min_interactions: int,
            source: Path) -> tuple[list[str], list[str], list[np.ndarray], list[np.ndarray] | None]:
     """Sort, de-duplicate, k-core filter and index interactions given in file order.
 
@@ -195,7 +184,7 @@ def _index(users: list[str], items: list[str], times: np.ndarray | None, *, min_
 # ----------------------------------------------------------------------------------------------- P5
 
 
-def _load_p5(cfg: DataConfig) -> Dataset:
+def load_p5(cfg: DataConfig) -> Dataset:
     directory = Path(cfg.path).expanduser()
     what = "user_sequence.txt.gz and item_meta.jsonl.gz"
     seq_path = _find(directory, ["user_sequence.txt.gz", "user_sequence.txt"], what)
@@ -284,7 +273,7 @@ def _amazon_fields(obj: dict[str, Any]) -> dict[str, Any]:
     return {k: fields[k] for k in AMAZON_FIELDS if k in fields}
 
 
-def _load_amazon2014(cfg: DataConfig) -> Dataset:
+def load_amazon2014(cfg: DataConfig) -> Dataset:
     directory = Path(cfg.path).expanduser()
     reviews_name, meta_name = f"reviews_{cfg.category}_5.json.gz", f"meta_{cfg.category}.json.gz"
     what = f"{reviews_name} and {meta_name}, or data.category=<category>"
@@ -305,7 +294,7 @@ def _load_amazon2014(cfg: DataConfig) -> Dataset:
         users.append(str(obj["reviewerID"]))
         items.append(str(obj["asin"]))
         times.append(time)
-    user_ids, item_ids, sequences, timestamps = _index(
+    user_ids, item_ids, sequences, timestamps = index_interactions(
         users, items, np.array(times, dtype=np.int64), min_interactions=cfg.min_interactions, source=reviews_path)
     item_index = {asin: i for i, asin in enumerate(item_ids)}
     fields: list[dict[str, Any] | None] = [None] * len(item_ids)
@@ -322,116 +311,3 @@ def _load_amazon2014(cfg: DataConfig) -> Dataset:
                        meta_path)
     return Dataset(item_ids=item_ids, items=[f or {} for f in fields], user_ids=user_ids, sequences=sequences,
                    timestamps=timestamps)
-
-
-# ----------------------------------------------------------------------------------------------- tables
-
-
-def _read_table(path: Path, setting: str, str_columns: tuple[str, ...]) -> pd.DataFrame:
-    if not path.is_file():
-        raise GenrecError(f"{path} does not exist; pass {setting}=<path to a CSV or Parquet file>")
-    name = path.name.lower()
-    try:
-        if name.endswith(".parquet"):
-            frame = pd.read_parquet(path)
-        elif name.endswith((".csv", ".csv.gz", ".tsv", ".tsv.gz")):
-            sep = "\t" if name.endswith((".tsv", ".tsv.gz")) else ","
-            frame = pd.read_csv(path, sep=sep, dtype={c: str for c in str_columns}, keep_default_na=True)
-        else:
-            raise GenrecError(f"{path} has an unknown extension; {setting} must end in .csv, .csv.gz, .tsv, "
-                              ".tsv.gz or .parquet")
-    except GenrecError:
-        raise
-    except Exception as err:  # pandas and pyarrow raise many types for unreadable files
-        raise GenrecError(f"{path} cannot be read as a table ({_one_line(err)}); fix the file") from None
-    return frame
-
-
-def _require_columns(frame: pd.DataFrame, columns: tuple[str, ...], path: Path) -> None:
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise GenrecError(f"{path} lacks column(s) {', '.join(missing)} (it has {', '.join(map(str, frame.columns))});"
-                          f" rename the columns to {', '.join(columns)}")
-
-
-def _ids(column: pd.Series, name: str, path: Path) -> list[str]:
-    if column.isna().any():
-        row = int(np.flatnonzero(column.isna().to_numpy())[0])
-        raise GenrecError(f"{path} has an empty {name} in data row {row + 1}; fill or drop that row")
-    return [str(v) for v in column.tolist()]
-
-
-def _unix_seconds(column: pd.Series, path: Path) -> np.ndarray:
-    """Integer timestamps as they are; anything else through pandas' datetime parser (naive = UTC)."""
-    if column.isna().any():
-        row = int(np.flatnonzero(column.isna().to_numpy())[0])
-        raise GenrecError(f"{path} has an empty timestamp in data row {row + 1}; fill or drop that row")
-    if pd.api.types.is_integer_dtype(column.dtype) and not pd.api.types.is_bool_dtype(column.dtype):
-        return column.to_numpy(dtype=np.int64)
-    if pd.api.types.is_float_dtype(column.dtype):
-        return np.floor(column.to_numpy(dtype=np.float64)).astype(np.int64)
-    try:
-        try:
-            parsed = pd.to_datetime(column, utc=True)
-        except (ValueError, TypeError):  # a mix of formats: parse each value on its own
-            parsed = pd.to_datetime(column, utc=True, format="mixed")
-    except (ValueError, TypeError) as err:
-        raise GenrecError(f"{path}: column timestamp is neither integers nor dates ({_one_line(err)}); "
-                          "use unix seconds or ISO dates") from None
-    return ((parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64)
-
-
-def _plain(value: Any) -> Any:
-    """A table cell as plain JSON-able Python; None for missing values."""
-    if isinstance(value, np.ndarray):
-        return [_plain(v) for v in value.tolist()]
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if value is None or value is pd.NaT or (isinstance(value, float) and math.isnan(value)):
-        return None
-    if isinstance(value, np.generic):
-        return _plain(value.item())
-    if isinstance(value, pd.Timestamp):
-        return value.isoformat()
-    try:
-        if pd.isna(value):
-            return None
-    except (TypeError, ValueError):
-        pass
-    return value
-
-
-def _load_table(cfg: DataConfig) -> Dataset:
-    if not cfg.interactions:
-        raise GenrecError("data.format=table needs data.interactions=<path to CSV or Parquet>")
-    path = Path(cfg.interactions).expanduser()
-    frame = _read_table(path, "data.interactions", ("user", "item"))
-    _require_columns(frame, ("user", "item"), path)
-    times = _unix_seconds(frame["timestamp"], path) if "timestamp" in frame.columns else None
-    user_ids, item_ids, sequences, timestamps = _index(
-        _ids(frame["user"], "user", path), _ids(frame["item"], "item", path), times,
-        min_interactions=cfg.min_interactions, source=path)
-    fields: list[dict[str, Any]] = [{} for _ in item_ids]
-    if cfg.items:
-        items_path = Path(cfg.items).expanduser()
-        table = _read_table(items_path, "data.items", ("item",))
-        _require_columns(table, ("item",), items_path)
-        if "item_id" in table.columns:
-            raise GenrecError(f"{items_path} has a column item_id, a name genrec reserves; rename it")
-        names = _ids(table["item"], "item", items_path)
-        repeated = pd.Series(names).duplicated()
-        if repeated.any():
-            raise GenrecError(f"{items_path} lists item {names[int(np.flatnonzero(repeated)[0])]} more than once; "
-                              "keep one row per item")
-        index = {item: i for i, item in enumerate(item_ids)}
-        columns = [str(c) for c in table.columns if c != "item"]
-        rows = table.drop(columns=["item"]).itertuples(index=False, name=None)
-        for name, row in zip(names, rows):
-            if name in index:
-                values = {c: _plain(v) for c, v in zip(columns, row)}
-                fields[index[name]] = {c: v for c, v in values.items() if v is not None}
-        missing = len(item_ids) - sum(name in index for name in names)
-        if missing:
-            logger.warning("%d of %d items have no row in %s; their text fields are empty", missing,
-                           len(item_ids), items_path)
-    return Dataset(item_ids=item_ids, items=fields, user_ids=user_ids, sequences=sequences, timestamps=timestamps)

@@ -1,0 +1,1 @@
+"""Models: shared layers, the interface every model speaks (`types`), one file per model, checkpoints."""

@@ -1,0 +1,59 @@
+"""What every model speaks, so that the trainer and the evaluator never branch on a model's kind.
+
+- `forward(batch, *, label_smoothing, teacher, distill) -> Output`: the training loss (`teacher` and `distill`
+  only reach a model whose `learns_from_teacher` is true);
+- `ranking(name) -> RankingMethod` for each name in `methods` (the first is the model's default): how the model
+  ranks the catalogue for a batch of histories, and whether that ranking is complete (any k) or a top list;
+- `all_positions`: whether training feeds whole sequences with a target at every position;
+- `checkpoint_meta()` and `from_checkpoint(section, meta)`: what a model directory needs to rebuild it.
+
+A generative model also gives trie-constrained search (`genrec.search`) what it needs: `code_decoder(trie)`,
+a `genrec.search.CodeDecoder`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Protocol
+
+from torch import Tensor
+
+from genrec.data.batches import Batch
+
+@dataclass
+class Output:
+    loss: Tensor  # scalar training loss
+    logits: list[Tensor]  # per output head (per level for semantic IDs) [B, K_l]
+
+
+@dataclass(frozen=True)
+class RankingMethod:
+    """One way a model ranks the catalogue. `complete`: every item is scored, so any k is a real list;
+    otherwise `recommend` returns at most k items (a beam) and only cut-offs <= k may be reported."""
+
+    name: str  # the metric key: "{split}/{name}/{metric}@{k}"
+    complete: bool
+    # (batch, k, exclude_history) -> (item indices [B, k] best first, -1 where fewer; scores [B, k])
+    recommend: Callable[[Batch, int, bool], tuple[Tensor, Tensor]]
+    # (batch with targets [B], k, exclude_history) -> 0-based rank of each target among the k items
+    # `recommend` returns, MISS when it is not among them: [B]
+    target_ranks: Callable[[Batch, int, bool], Tensor]
+    cost_per_item: int = 1  # work per user and returned item relative to one decoder row (bounds eval batches)
+    max_batch: int = 0  # users per evaluation batch at most (0: no limit of its own)
+
+
+class RetrievalModel(Protocol):
+    methods: ClassVar[tuple[str, ...]]  # ranking methods offered; the first is the default
+    learns_from_teacher: ClassVar[bool]  # forward takes a teacher's next-item distribution (distillation)
+    uses_sids: ClassVar[bool]  # generates semantic IDs: its checkpoint is tied to the catalogue's
+    max_history: int
+
+    @property
+    def all_positions(self) -> bool: ...
+
+    def forward(self, batch: Batch, *, label_smoothing: float = 0.0, teacher: Tensor | None = None,
+                distill: float = 0.0) -> Output: ...
+
+    def ranking(self, name: str) -> RankingMethod: ...
+
+    def checkpoint_meta(self) -> dict[str, Any]: ...

@@ -1,0 +1,95 @@
+"""What each stage does, given the config, the run directory, the directory it writes into and the processes.
+`pipeline` decides when a stage runs and makes its output appear whole; this module only does the work."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+from genrec.config import Config, ModelConfig, TrainConfig
+from genrec.distributed import DistInfo
+from genrec.rundir import RunDir
+
+logger = logging.getLogger(__name__)
+
+
+def prepare(cfg: Config, run: RunDir, out_dir: Path, dist: DistInfo) -> Any:
+    from genrec.data.prepare import prepare
+
+    return prepare(cfg.data, out_dir)
+
+
+def embed(cfg: Config, run: RunDir, out_dir: Path, dist: DistInfo) -> Any:
+    from genrec.data.prepare import load_prepared
+    from genrec.ids.embed import embed
+
+    dataset = load_prepared(run.prepared)
+    return embed(cfg.embed, dataset.items, dataset.item_ids, out_dir)
+
+
+def sasrec_config(cfg: Config) -> Config:
+    """The recipe the collab stage trains: the `model.sasrec` section as the model, with the `collab` section's
+    schedule as the training."""
+    c = cfg.collab
+    train = TrainConfig(batch_size=c.batch_size, lr=c.lr, weight_decay=0.0, warmup_steps=min(100, c.max_steps),
+                        max_steps=c.max_steps, eval_every=c.eval_every, patience=c.patience, valid_beam_size=20,
+                        select_metric="ndcg@10", distill=0.0, seed=c.seed, num_threads=cfg.train.num_threads)
+    return dataclasses.replace(cfg, model=ModelConfig(kind="sasrec", sasrec=cfg.model.sasrec), train=train,
+                               evaluate=dataclasses.replace(cfg.evaluate, dtype="float32", methods=()))
+
+
+def collab(cfg: Config, run: RunDir, out_dir: Path, dist: DistInfo) -> Any:
+    """Train the SASRec, then write its item embeddings (rarely seen items borrowed from their text neighbours)."""
+    if not cfg.collab.enabled:
+        return {}
+    from genrec.data.prepare import load_prepared
+    from genrec.data.splits import make_split
+    from genrec.files import save_json
+    from genrec.ids.collab import item_counts, write_collab_embeddings
+    from genrec.ids.quantize import load_embeddings
+    from genrec.models.checkpoint import load_model
+    from genrec.train import train
+
+    if dist.is_main:
+        (out_dir / "sasrec").mkdir(parents=True, exist_ok=True)
+    summary = train(sasrec_config(cfg), run, out_dir / "sasrec", dist)
+    if not dist.is_main:
+        return summary
+    dataset = load_prepared(run.prepared)
+    model = load_model(out_dir / "sasrec" / "best")
+    embeddings = model.item_embeddings().detach().float().numpy()  # [N, D]
+    cold = item_counts(make_split(dataset, cfg.data).train, dataset.num_items) < cfg.collab.min_item_count  # [N]
+    text = load_embeddings(run.stage("embed"), normalize=True) if cold.any() else None  # [N, E]
+    raw = write_collab_embeddings(embeddings, item_ids=dataset.item_ids, cold=cold, text=text,
+                                  text_neighbours=cfg.collab.text_neighbours, out_dir=out_dir)
+    summary["cold_items"] = int(cold.sum())
+    save_json(out_dir / "summary.json", summary)
+    logger.info("collaborative embeddings: %d items x %d from SASRec step %d (valid ndcg@10 %.4f); %d items seen in "
+                "fewer than %d training sequences borrow from their text neighbours", raw.shape[0], raw.shape[1],
+                summary["best_step"], summary["best_valid/sasrec/ndcg@10"], summary["cold_items"],
+                cfg.collab.min_item_count)
+    return summary
+
+
+def quantize(cfg: Config, run: RunDir, out_dir: Path, dist: DistInfo) -> Any:
+    from genrec.ids.quantize import quantize
+
+    return quantize(cfg.quantize, run.stage("collab" if cfg.collab.enabled else "embed"), out_dir)
+
+
+def train(cfg: Config, run: RunDir, out_dir: Path, dist: DistInfo) -> Any:
+    from genrec.train import train
+
+    return train(cfg, run, out_dir, dist)
+
+
+def evaluate(cfg: Config, run: RunDir, out_dir: Path, dist: DistInfo) -> Any:
+    from genrec.evaluation.evaluator import evaluate_run
+
+    return evaluate_run(cfg, run, out_dir, dist)
+
+
+RUN = {"prepare": prepare, "embed": embed, "collab": collab, "quantize": quantize, "train": train,
+       "evaluate": evaluate}
