@@ -23,9 +23,9 @@ STAGE_HELP = {
     "prepare": "load the dataset, split it, write the catalogue, sequences and statistics",
     "embed": "encode every item's text with a sentence encoder",
     "collab": "train a SASRec whose item embeddings the semantic IDs are built from (collab.enabled)",
-    "quantize": "assign semantic IDs with residual k-means plus a collision level",
-    "train": "train the TIGER model (resumes from the last checkpoint)",
-    "evaluate": "Recall/NDCG on validation and test over the full catalogue",
+    "quantize": "assign semantic IDs with the quantizer (quantize.method) plus a collision level",
+    "train": "train the model of model.kind (resumes from the last checkpoint)",
+    "evaluate": "Recall/NDCG of the model's ranking methods on validation and test over the full catalogue",
 }
 
 

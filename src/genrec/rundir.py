@@ -29,6 +29,8 @@ ITEM_IDS = "item_ids.json"  # embed and collab: the item IDs of the rows
 CODES = "codes.npy"  # quantize: [N, L] codes of the L quantizer levels
 SIDS = "codes_with_suffix.npy"  # quantize: [N, L + 1] semantic IDs, the collision level last
 STAMP = "stage.json"
+SASREC = "sasrec"  # collab: the SASRec's training directory (its selected model in sasrec/best)
+MODEL = "best"  # train (and collab's SASRec run): the selected model's directory
 
 
 class RunDir:
@@ -72,12 +74,12 @@ class RunDir:
     @property
     def collab_model(self) -> Path:
         """The collab stage's selected SASRec (the semantic IDs' embeddings and the distillation teacher)."""
-        return self.stage("collab") / "sasrec" / "best"
+        return self.stage("collab") / SASREC / MODEL
 
     @property
     def model(self) -> Path:
         """The train stage's selected model."""
-        return self.stage("train") / "best"
+        return self.stage("train") / MODEL
 
     @property
     def results(self) -> Path:

@@ -10,7 +10,7 @@ from typing import Any
 
 from genrec.config import Config, ModelConfig, TrainConfig
 from genrec.distributed import DistInfo
-from genrec.rundir import RunDir
+from genrec.rundir import MODEL, SASREC, RunDir
 
 logger = logging.getLogger(__name__)
 
@@ -53,12 +53,12 @@ def collab(cfg: Config, run: RunDir, out_dir: Path, dist: DistInfo) -> Any:
     from genrec.train import train
 
     if dist.is_main:
-        (out_dir / "sasrec").mkdir(parents=True, exist_ok=True)
-    summary = train(sasrec_config(cfg), run, out_dir / "sasrec", dist)
+        (out_dir / SASREC).mkdir(parents=True, exist_ok=True)
+    summary = train(sasrec_config(cfg), run, out_dir / SASREC, dist)
     if not dist.is_main:
         return summary
     dataset = load_prepared(run.prepared)
-    model = load_model(out_dir / "sasrec" / "best")
+    model = load_model(out_dir / SASREC / MODEL)
     embeddings = model.item_embeddings().detach().float().numpy()  # [N, D]
     cold = item_counts(make_split(dataset, cfg.data).train, dataset.num_items) < cfg.collab.min_item_count  # [N]
     text = load_embeddings(run.stage("embed"), normalize=True) if cold.any() else None  # [N, E]

@@ -31,7 +31,7 @@ from genrec.evaluation.evaluator import evaluate_workspace
 from genrec.files import save_json
 from genrec.models import checkpoint as ckpt
 from genrec.models.registry import MODELS, build_model
-from genrec.rundir import RunDir
+from genrec.rundir import MODEL, RunDir
 from genrec.workspace import Workspace, load_workspace
 
 logger = logging.getLogger(__name__)
@@ -211,7 +211,7 @@ def train(cfg: Config, run: RunDir, out_dir: Path, dist: DistInfo) -> dict[str, 
         if value > state["best"]:
             state.update(best=value, best_step=step, bad_evals=0)
             if dist.is_main:
-                ckpt.save_model(model, out_dir / "best", catalog=ws.catalog)
+                ckpt.save_model(model, out_dir / MODEL, catalog=ws.catalog)
         else:
             state["bad_evals"] += 1
         stop = (step >= t.max_steps or out_of_time or (t.patience > 0 and state["bad_evals"] >= t.patience))

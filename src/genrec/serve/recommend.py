@@ -10,7 +10,7 @@ import torch
 
 from genrec.config import Config
 from genrec.data.batches import Batch, user_buckets
-from genrec.data.prepare import load_prepared
+from genrec.data.prepare import ITEMS_FILE, load_prepared
 from genrec.errors import GenrecError
 from genrec.models.checkpoint import check_catalog, load_model
 from genrec.rundir import RunDir
@@ -51,7 +51,7 @@ def recommend(cfg: Config, *, k: int, history: list[str] | None = None, user: st
         unknown = [h for h in history if h not in index]
         if unknown:
             raise GenrecError(f"unknown item IDs in the history: {', '.join(unknown[:5])}"
-                              f"{' ...' if len(unknown) > 5 else ''}; use IDs from {run.prepared / 'items.jsonl'}")
+                              f"{' ...' if len(unknown) > 5 else ''}; use IDs from {run.prepared / ITEMS_FILE}")
         items = [index[h] for h in history]
     if not items:
         raise GenrecError("the history is empty; give at least one item ID")
