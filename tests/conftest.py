@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from genrec.synthetic import write_synthetic
+from synthetic import write_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"

@@ -1,18 +1,63 @@
-"""The CLI end to end on the tiny recipe: stages, skipping, forcing, recommend, and bad input."""
+"""The CLI end to end on the tiny recipe: stages, skipping, forcing, the printed results, recommend, the
+collaborative semantic IDs, and bad input."""
 
 from __future__ import annotations
 
+import html
 import json
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
+import torch
 
 from genrec.cli import main
+from genrec.config import load_config
+from genrec.data.batches import Batch, user_buckets
+from genrec.data.prepare import load_prepared
+from genrec.data.splits import make_split
+from genrec.errors import GenrecError
+from genrec.ids.catalog import Catalog
+from genrec.ids.collab import borrow_from_text_neighbours, item_counts
+from genrec.models.checkpoint import check_catalog, load_model
+from genrec.models.sasrec import SASRec
+from genrec.rundir import RunDir
+from genrec.search import beam_search
+from genrec.serve.recommend import recommend
+from genrec.workspace import load_workspace
 
 from conftest import REPO, TINY
+from tiny_tiger import brute_force_scores
+
+
+def printed_metrics(stdout: str) -> dict[str, str]:
+    """The results table `genrec evaluate` prints, as metric key -> the text printed for it ('-': not reported)."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("split/method"))
+    columns = [({"R": "recall", "N": "ndcg"}[c[0]], c.split("@")[1]) for c in lines[start].split()[1:]]
+    assert set(lines[start + 1]) == {"-"}
+    out = {}
+    for line in lines[start + 2 :]:
+        if not line.strip() or line.startswith("not reported"):
+            break
+        row, *values = line.split()
+        assert len(values) == len(columns), line
+        out.update({f"{row}/{metric}@{k}": v for (metric, k), v in zip(columns, values)})
+    return out
+
+
+def assert_table_is_results(stdout: str, results: dict) -> None:
+    """Every number printed is the one in results.json, to the 4 places printed, and nothing is missing."""
+    printed = printed_metrics(stdout)
+    shown = {key: text for key, text in printed.items() if text != "-"}
+    assert shown.keys() == results["metrics"].keys()
+    for key, text in shown.items():
+        assert text == f"{results['metrics'][key]:.4f}", key
+    assert {key for key, text in printed.items() if text == "-"} == results["omitted"].keys()
+    for key, reason in results["omitted"].items():
+        head, k = key.rsplit("/", 1)[0], key.rsplit("@", 1)[1]
+        assert f"not reported: {head} @{k}: {reason}" in stdout
 
 
 def stamp_ids(run_dir) -> dict[str, str]:
@@ -22,34 +67,63 @@ def stamp_ids(run_dir) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_data):
-    """One complete tiny run, shared by the tests of this module (copy it before changing it)."""
+    """One complete tiny run, shared by the tests of this module (copy it before changing it). Evaluated in
+    float32 on every machine (not bfloat16 where the CPU has it), so that its metrics can be recomputed exactly."""
     run_dir = tmp_path_factory.mktemp("tiny-run") / "run"
     overrides = [f"run_dir={run_dir}", f"data.path={tiny_data}", "train.max_steps=80", "train.eval_every=40",
-                 "train.warmup_steps=5", "train.batch_size=16"]
+                 "train.warmup_steps=5", "train.batch_size=16", "evaluate.dtype=float32"]
     assert main(["run", "-c", str(TINY), *overrides]) == 0
     return run_dir, overrides
 
 
 def test_run_writes_every_artifact_and_metrics(finished_run, capsys):
-    run_dir, _ = finished_run
+    run_dir, overrides = finished_run
     for path in ["config.yaml", "prepare/items.jsonl", "prepare/sequences.npz", "prepare/stats.json",
                  "embed/item_embeddings_raw.npy", "embed/item_embeddings_l2norm.npy", "embed/item_ids.json",
                  "embed/embedding_stats.json", "collab/item_embeddings_raw.npy", "collab/item_embeddings_l2norm.npy",
                  "collab/item_ids.json", "collab/summary.json", "collab/sasrec/best/model.safetensors",
                  "quantize/codes.npy", "quantize/codes_with_suffix.npy",
-                 "quantize/centroids_0.npy", "quantize/summary.json", "train/best/config.json",
-                 "train/best/model.safetensors", "train/log.jsonl", "evaluate/results.json"]:
+                 "quantize/centroids_0.npy", "quantize/centroids_1.npy", "quantize/summary.json",
+                 "train/best/config.json", "train/best/model.safetensors", "train/log.jsonl", "evaluate/results.json"]:
         assert (run_dir / path).exists(), path
     assert not list(run_dir.glob("*.tmp")) and not list(run_dir.glob("*.partial"))
     results = json.loads((run_dir / "evaluate" / "results.json").read_text())
-    metrics = results["metrics"]
-    for split in ("valid", "test"):
-        for method in ("generative", "exact"):
-            for k in (5, 10, 20):
-                assert 0.0 <= metrics[f"{split}/{method}/ndcg@{k}"] <= metrics[f"{split}/{method}/recall@{k}"] <= 1.0
+    assert results["methods"] == ["generative", "exact"] and results["omitted"] == {}
+    assert results["dtype"] == "float32" and results["beam_size"] == 20 and results["num_items"] == 64
     assert results["users"] == {"valid": 120, "test": 120}
+    # the numbers, recomputed here: the exact ranking from teacher forcing item by item, the generative one by
+    # looking the target up in a beam of evaluate.beam_size, both without the user's (truncated) history
+    cfg = load_config(TINY, overrides)
+    run = RunDir(run_dir)
+    model = load_model(run.model)
+    ws = load_workspace(cfg, run)
+    trie = ws.catalog.trie
+    for split, eval_set in (("valid", ws.split.valid), ("test", ws.split.test)):
+        H = cfg.data.max_history
+        history = torch.tensor([[-1] * (H - len(h[-H:])) + h[-H:].tolist() for h in eval_set.histories])
+        batch = Batch(torch.from_numpy(ws.user_bucket[eval_set.users]), history, torch.from_numpy(eval_set.targets))
+        scores = brute_force_scores(model, batch)
+        for b, h in enumerate(history.tolist()):
+            scores[b, [i for i in h if i >= 0]] = float("-inf")
+        own = scores.gather(1, batch.targets[:, None])[:, 0]
+        exact = (scores > own[:, None]).sum(1)
+        items = beam_search(model.code_decoder(trie), batch, trie, beam_size=cfg.evaluate.beam_size,
+                            exclude_history=True).items
+        hit = items == batch.targets[:, None]
+        generative = torch.where(hit.any(1), hit.float().argmax(1), 10**9)
+        for method, ranks in (("exact", exact), ("generative", generative)):
+            for k in cfg.evaluate.ks:
+                inside = ranks < k
+                ndcg = torch.where(inside, 1 / torch.log2(ranks.double() + 2), 0.0).mean()
+                assert results["metrics"][f"{split}/{method}/recall@{k}"] == pytest.approx(
+                    float(inside.double().mean()), abs=1e-9), (split, method, k)
+                assert results["metrics"][f"{split}/{method}/ndcg@{k}"] == pytest.approx(float(ndcg), abs=1e-9)
     # the synthetic data is learnable: far above chance (10 of 64 items = 0.16)
-    assert metrics["test/exact/recall@10"] > 0.35
+    assert results["metrics"]["test/exact/recall@10"] > 0.35
+    # asking again prints the table of results.json without rerunning anything
+    capsys.readouterr()
+    assert main(["evaluate", "-c", str(TINY), *overrides]) == 0
+    assert_table_is_results(capsys.readouterr().out, results)
 
 
 def test_second_run_skips_everything_and_changes_rerun_downstream(finished_run, tmp_path):
@@ -63,6 +137,12 @@ def test_second_run_skips_everything_and_changes_rerun_downstream(finished_run, 
     assert main(["run", "-c", str(TINY), *overrides, "evaluate.beam_size=10", "evaluate.ks=[5,10]"]) == 0
     after = stamp_ids(copy)
     assert [after[s] == before[s] for s in before] == [True, True, True, True, True, False]
+    before = after
+    assert main(["run", "-c", str(TINY), *overrides, "evaluate.beam_size=10", "evaluate.ks=[5,10]",
+                 "model.tiger.dropout=0.2"]) == 0  # the model's own section is the train stage's
+    after = stamp_ids(copy)
+    assert [after[s] == before[s] for s in before] == [True, True, True, True, False, False]
+    before = stamp_ids(copy)
     assert main(["run", "-c", str(TINY), *overrides, "collab.max_steps=40"]) == 0
     after = stamp_ids(copy)
     assert [after[s] == before[s] for s in before] == [True, True, False, False, False, False]
@@ -78,15 +158,9 @@ def test_semantic_ids_come_from_the_collaborative_embeddings(finished_run, tmp_p
     """collab writes the item embeddings of its selected SASRec (rarely seen items borrowed from their text
     neighbours), centred and normalised, and quantize clusters them; with collab.enabled=false quantize reads
     the text embeddings and collab leaves only its stamp."""
-    from genrec.checkpoint import load_model
-    from genrec.collab import borrow_from_text_neighbours, item_counts
-    from genrec.config import load_config
-    from genrec.prepare import load_prepared
-    from genrec.splits import make_split
-
     run_dir, overrides = finished_run
     cfg = load_config(TINY, overrides)
-    weights = load_model(run_dir / "collab" / "sasrec" / "best").item_emb.weight.detach().numpy()[:-1]  # [N, D]
+    weights = load_model(run_dir / "collab" / "sasrec" / "best").item_embeddings().detach().numpy()  # [N, D]
     dataset = load_prepared(run_dir / "prepare")
     cold = item_counts(make_split(dataset, cfg.data).train, len(weights)) < cfg.collab.min_item_count
     text = np.load(run_dir / "embed" / "item_embeddings_l2norm.npy")
@@ -96,7 +170,11 @@ def test_semantic_ids_come_from_the_collaborative_embeddings(finished_run, tmp_p
     expected = centred / np.linalg.norm(centred, axis=1, keepdims=True)
     np.testing.assert_allclose(np.load(run_dir / "collab" / "item_embeddings_l2norm.npy"), expected, atol=1e-6)
     best = json.loads((run_dir / "collab" / "summary.json").read_text())
-    assert best["cold_items"] == int(cold.sum()) and best["best_valid/sasrec/ndcg@10"] > 0.0
+    log = [json.loads(line) for line in (run_dir / "collab" / "sasrec" / "log.jsonl").open()]
+    validations = {r["step"]: r["valid/sasrec/ndcg@10"] for r in log if "valid/sasrec/ndcg@10" in r}
+    assert best["cold_items"] == int(cold.sum())
+    assert best["best_valid/sasrec/ndcg@10"] == max(validations.values())  # the selected step's score
+    assert validations[best["best_step"]] == max(validations.values())
     summary = json.loads((run_dir / "quantize" / "summary.json").read_text())
     assert summary["embeddings"] == "collab/item_embeddings_l2norm.npy"
     assert summary["dim"] == weights.shape[1]
@@ -110,17 +188,64 @@ def test_semantic_ids_come_from_the_collaborative_embeddings(finished_run, tmp_p
     assert summary["embeddings"] == "embed/item_embeddings_l2norm.npy"
 
 
+def test_the_collab_sasrec_is_tied_to_the_items_not_the_semantic_ids(finished_run):
+    """The collab stage's SASRec runs before quantize: its checkpoint holds no semantic IDs, loads on its own,
+    and accepts the run's catalogue with or without IDs; a different item list is refused."""
+    run_dir, overrides = finished_run
+    path = RunDir(run_dir).collab_model
+    model = load_model(path)
+    assert isinstance(model, SASRec) and not any("code" in name for name in model.state_dict())
+    config = json.loads((path / "config.json").read_text())
+    assert config["kind"] == "sasrec" and config["uses_sids"] is False
+    cfg = load_config(TINY, overrides)
+    ws = load_workspace(cfg, RunDir(run_dir))
+    assert model.num_items == ws.catalog.num_items
+    check_catalog(path, ws.catalog)
+    check_catalog(path, Catalog(ws.catalog.item_ids, ws.catalog.items))  # as it was before quantize
+    reordered = ws.catalog.item_ids[1:] + ws.catalog.item_ids[:1]
+    with pytest.raises(GenrecError, match="trained on a different catalogue .* than the current items"):
+        check_catalog(path, Catalog(reordered, ws.catalog.items))
+
+
 def test_recommend_by_history_and_user(finished_run, capsys):
     run_dir, overrides = finished_run
-    items = [json.loads(line)["item_id"] for line in (run_dir / "prepare" / "items.jsonl").open()]
-    assert main(["recommend", "-c", str(TINY), *overrides, "--history", items[0], items[1], "-k", "5", "--json"]) == 0
+    items = [json.loads(line) for line in (run_dir / "prepare" / "items.jsonl").open()]
+    ids = [item["item_id"] for item in items]
+    assert main(["recommend", "-c", str(TINY), *overrides, "--history", ids[0], ids[1], "-k", "5", "--json"]) == 0
     recs = json.loads(capsys.readouterr().out)
     assert [r["rank"] for r in recs] == [1, 2, 3, 4, 5]
-    assert not {r["item_id"] for r in recs} & {items[0], items[1]}  # history items excluded by default
+    assert not {r["item_id"] for r in recs} & {ids[0], ids[1]}  # history items excluded by default
     assert all(recs[i]["score"] >= recs[i + 1]["score"] for i in range(4))
-    assert all("Glow & Co" in r["title"] for r in recs)
+    for r in recs:  # each item's own title, unescaped
+        assert r["title"] == html.unescape(items[ids.index(r["item_id"])]["title"])
+    # the scores are the items' log-probabilities under the model (an unknown user: token 0)
+    model = load_model(run_dir / "train" / "best")
+    scores = brute_force_scores(model, Batch(torch.zeros(1, dtype=torch.long), torch.tensor([[0, 1]])))[0]
+    for r in recs:
+        assert r["score"] == pytest.approx(float(scores[ids.index(r["item_id"])]), abs=1e-4)
+    # --include-history lets history items back in
+    assert main(["recommend", "-c", str(TINY), *overrides, "--history", ids[0], ids[1], "-k", "64", "--json",
+                 "--include-history"]) == 0
+    assert {ids[0], ids[1]} <= {r["item_id"] for r in json.loads(capsys.readouterr().out)}
+    # a known user: their whole sequence is the history, their hashed token is used; the table prints the same
+    # recommendations as the Python API, rank, item, log p and title
     assert main(["recommend", "-c", str(TINY), *overrides, "--user", "U00003", "-k", "3"]) == 0
-    assert "log p" in capsys.readouterr().out
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["rank", "item", "log", "p", "title"]
+    cfg = load_config(TINY, overrides)
+    expected = recommend(cfg, k=3, user="U00003")
+    assert len(out) == 1 + len(expected) == 4
+    for line, r in zip(out[1:], expected):
+        rank, item, score, title = line.split(maxsplit=3)
+        assert (int(rank), item, title) == (r.rank, r.item_id, r.title)
+        assert float(score) == pytest.approx(r.score, abs=5e-4)  # printed to 3 places
+    dataset = load_prepared(run_dir / "prepare")
+    user = dataset.user_ids.index("U00003")
+    history = torch.from_numpy(dataset.sequences[user][None])
+    bucket = int(user_buckets(["U00003"], cfg.model.tiger.num_user_buckets)[0])
+    assert bucket > 0
+    items_, _ = model.ranking("generative").recommend(Batch(torch.tensor([bucket]), history), 3, True)
+    assert [ids[i] for i in items_[0].tolist()] == [r.item_id for r in expected]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -133,6 +258,20 @@ def test_recommend_bad_input(finished_run, capsys, args, message):
     assert main(["recommend", "-c", str(TINY), *overrides, *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_evaluating_a_method_the_model_does_not_offer_is_refused(finished_run, tmp_path, capsys):
+    run_dir, overrides = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    overrides = [o for o in overrides if not o.startswith("run_dir=")] + [f"run_dir={copy}"]
+    assert main(["evaluate", "-c", str(TINY), *overrides, "evaluate.methods=[exact,sasrec]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines()[-1] == ("genrec: error: evaluate.methods names sasrec, which a Tiger does not offer; "
+                                    "choose from generative, exact")
+    assert "Traceback" not in err
+    assert not (copy / "evaluate.tmp").exists()
+    assert (copy / "evaluate" / "results.json").read_bytes() == (run_dir / "evaluate" / "results.json").read_bytes()
 
 
 def test_model_from_another_catalogue_is_refused(finished_run, tmp_path, capsys):
@@ -168,28 +307,16 @@ def test_unknown_config_key_is_one_line(capsys):
 
 
 def test_console_script_runs_the_tiny_recipe(tmp_path, tiny_data):
-    """The README's command shape, as a user types it (installed console script, fresh process)."""
+    """The README's command shape, as a user types it (installed console script, fresh process); what it prints
+    is the results file: every number, and why a cut-off beyond the beam is not reported."""
     genrec = shutil.which("genrec") or str(REPO / ".venv" / "bin" / "genrec")
     out = subprocess.run([genrec, "run", "-c", str(TINY), f"run_dir={tmp_path / 'run'}", f"data.path={tiny_data}",
-                          "train.max_steps=10", "train.eval_every=10", "train.warmup_steps=2"],
+                          "train.max_steps=10", "train.eval_every=10", "train.warmup_steps=2", "collab.max_steps=20",
+                          "collab.eval_every=10", "evaluate.ks=[5,10,40]"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "test/generative" in out.stdout and "R@10" in out.stdout
-    assert sys.executable  # the same interpreter's environment ran it
-
-
-def test_cold_items_borrow_the_mean_of_their_text_neighbours():
-    from genrec.collab import borrow_from_text_neighbours, item_counts
-
-    # items 0..4; item 4 is in no sequence, item 3 in one (twice in it: counted once)
-    assert item_counts([np.array([0, 1, 3, 3]), np.array([1, 2, 0]), np.array([], dtype=np.int64)], 5).tolist() == \
-        [2, 2, 1, 1, 0]
-    angle = np.array([0.0, 0.1, 1.5, 3.0, 0.05])
-    text = np.stack([np.cos(angle), np.sin(angle)], 1).astype(np.float32)  # item 4 lies between items 0 and 1
-    collab = np.arange(10, dtype=np.float32).reshape(5, 2)
-    cold = np.array([False, False, False, True, True])
-    out = borrow_from_text_neighbours(collab, text, cold, k=2, chunk=1)
-    np.testing.assert_array_equal(out[:3], collab[:3])  # warm rows untouched
-    np.testing.assert_allclose(out[4], (collab[0] + collab[1]) / 2)  # nearest warm by text: 0 and 1
-    np.testing.assert_allclose(out[3], (collab[2] + collab[1]) / 2)  # angle 3.0: nearest 2 (1.5), then 1 (0.1)
-    np.testing.assert_array_equal(borrow_from_text_neighbours(collab, text, np.zeros(5, bool), k=2), collab)
+    results = json.loads((tmp_path / "run" / "evaluate" / "results.json").read_text())
+    assert sorted(results["omitted"]) == [f"{split}/generative/{m}@40" for split in ("test", "valid")
+                                          for m in ("ndcg", "recall")]  # a beam of 20 cannot rank to 40
+    assert "test/exact/recall@40" in results["metrics"]
+    assert_table_is_results(out.stdout, results)

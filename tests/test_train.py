@@ -1,27 +1,37 @@
-"""Training: exact resume from a checkpoint, and 2-process DDP / evaluation against 1 process."""
+"""Training: exact resume from a checkpoint, distillation, 2-process DDP / evaluation against 1 process, and the
+trainer's pieces (examples, teacher inputs, optimizer schedule)."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import socket
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from genrec.checkpoint import load_model
 from genrec.cli import main
-from genrec.config import load_config
+from genrec.config import SASRecConfig, load_config
+from genrec.data.batches import TrainExamples, TrainWindows
 from genrec.distributed import DistInfo
-from genrec.evaluate import evaluate_split
+from genrec.evaluation.evaluator import evaluate_split
+from genrec.models.checkpoint import load_model, save_model
+from genrec.models.registry import build_model
+from genrec.models.sasrec import SASRec
+from genrec.models.tiger import Tiger
 from genrec.pipeline import run_stage
+from genrec.rundir import RunDir
+from genrec.train import distill_inputs, make_examples, make_optimizer
 from genrec.workspace import load_workspace
 
 from conftest import TINY
+from tiny_tiger import random_batch, random_catalog, tiny_model, with_targets
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +53,7 @@ def test_resume_gives_the_same_next_steps_as_an_uninterrupted_run(quantized, tmp
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
     cfg = load_config(TINY, [*overrides[1:], f"run_dir={copy}", "train.max_steps=8", "train.eval_every=4",
-                             "train.log_every=1", "model.dropout=0.3", "train.patience=0"])
+                             "train.log_every=1", "model.tiger.dropout=0.3", "train.patience=0"])
     assert run_stage(cfg, "train", DistInfo())
     full = losses(copy / "train" / "log.jsonl")
     assert sorted(full) == list(range(1, 9))
@@ -66,17 +76,25 @@ def test_resume_gives_the_same_next_steps_as_an_uninterrupted_run(quantized, tmp
 
 def test_distilled_training_runs_and_needs_the_collab_model(quantized, tmp_path, capsys):
     run_dir, overrides = quantized
-    copy = tmp_path / "run"
+
+    def train_args(run, distill: float) -> list[str]:
+        return ["train", "-c", str(TINY), *overrides[1:], f"run_dir={run}", "train.max_steps=4", "train.eval_every=2",
+                "train.log_every=1", f"train.distill={distill}"]
+
+    copy, plain = tmp_path / "run", tmp_path / "plain"
     shutil.copytree(run_dir, copy)
-    args = ["train", "-c", str(TINY), *overrides[1:], f"run_dir={copy}", "train.max_steps=4", "train.eval_every=2",
-            "train.log_every=1", "train.distill=0.5"]
-    assert main(args) == 0
-    assert sorted(losses(copy / "train" / "log.jsonl")) == [1, 2, 3, 4]
-    assert load_model(copy / "train" / "best").method == "generative"
+    shutil.copytree(run_dir, plain)
+    assert main(train_args(copy, 0.5)) == 0
+    distilled = losses(copy / "train" / "log.jsonl")
+    assert sorted(distilled) == [1, 2, 3, 4]
+    assert isinstance(load_model(copy / "train" / "best"), Tiger)
+    # the teacher took part: the same first batch from the same initial weights has another loss without it
+    assert main(train_args(plain, 0.0)) == 0
+    assert abs(losses(plain / "train" / "log.jsonl")[1] - distilled[1]) > 1e-3
     shutil.rmtree(copy / "collab" / "sasrec" / "best")
     shutil.rmtree(copy / "train")
     capsys.readouterr()
-    assert main(args) != 0
+    assert main(train_args(copy, 0.5)) == 2
     err = capsys.readouterr().err
     assert "collab" in err and "has none; run 'genrec collab'" in err and "Traceback" not in err
     assert not (copy / "train").exists()
@@ -95,10 +113,11 @@ def _eval_worker(rank: int, world: int, port: int, run_dir: str, model_dir: str,
 
     dist = compute_init()
     cfg = load_config(TINY, [f"run_dir={run_dir}"])
-    ws = load_workspace(cfg, __import__("pathlib").Path(run_dir))
+    ws = load_workspace(cfg, RunDir(run_dir))
     model = load_model(model_dir)
     r = evaluate_split(model, ws.split.test, ws.user_bucket, split="test", beam_size=10, ks=(1, 5, 10),
-                       batch_size=7, rank=dist.rank, world_size=dist.world_size, all_reduce=all_reduce_sum)
+                       methods=("generative", "exact"), batch_size=7, rank=dist.rank, world_size=dist.world_size,
+                       all_reduce=all_reduce_sum)
     if rank == 0:
         with open(out, "w") as f:
             json.dump({"metrics": r.metrics, "users": r.users}, f)
@@ -108,15 +127,13 @@ def _eval_worker(rank: int, world: int, port: int, run_dir: str, model_dir: str,
 def test_two_process_evaluation_equals_one_process(quantized, tmp_path):
     run_dir, overrides = quantized
     cfg = load_config(TINY, [*overrides[1:], f"run_dir={run_dir}"])
-    ws = load_workspace(cfg, run_dir)
+    ws = load_workspace(cfg, RunDir(run_dir))
     torch.manual_seed(0)
-    from genrec.checkpoint import save_model
-    from genrec.train import build_model
-
-    model = build_model(cfg.model, ws, cfg.data.max_history).eval()
-    save_model(model, tmp_path / "model")
+    model = build_model(cfg.model, catalog=ws.catalog, max_history=cfg.data.max_history).eval()
+    save_model(model, tmp_path / "model", catalog=ws.catalog)
     single = evaluate_split(model, ws.split.test, ws.user_bucket, split="test", beam_size=10,
-                            ks=(1, 5, 10), batch_size=7)
+                            ks=(1, 5, 10), methods=("generative", "exact"), batch_size=7)
+    assert len(single.metrics) == 2 * 2 * 3
     out = tmp_path / "two.json"
     torch.multiprocessing.spawn(_eval_worker, args=(2, _free_port(), str(run_dir), str(tmp_path / "model"), str(out)),
                                 nprocs=2, join=True)
@@ -129,7 +146,8 @@ def test_two_process_evaluation_equals_one_process(quantized, tmp_path):
 def test_torchrun_training_matches_one_process(quantized, tmp_path):
     """DDP with 2 gloo processes, each taking half of every global batch, follows the 1-process run."""
     run_dir, overrides = quantized
-    common = [*overrides[1:], "model.dropout=0", "train.max_steps=6", "train.eval_every=6", "train.warmup_steps=2"]
+    common = [*overrides[1:], "model.tiger.dropout=0", "train.max_steps=6", "train.eval_every=6",
+              "train.warmup_steps=2"]
     results = {}
     for world in (1, 2):
         copy = tmp_path / f"run{world}"
@@ -143,4 +161,57 @@ def test_torchrun_training_matches_one_process(quantized, tmp_path):
         results[world] = load_model(copy / "train" / "checkpoint-6").state_dict()
     for name, value in results[1].items():
         torch.testing.assert_close(results[2][name], value, atol=2e-5, rtol=1e-4, msg=name)
-    assert not np.allclose(results[1]["head.weight"].numpy(), 0)
+    # the comparison means something only if training moved the weights well beyond its tolerance: against the
+    # initial weights (the trainer seeds with train.seed before building the model) they differ
+    cfg = load_config(TINY, [*common, f"run_dir={run_dir}"])
+    ws = load_workspace(cfg, RunDir(run_dir))
+    torch.manual_seed(cfg.train.seed)
+    init = build_model(cfg.model, catalog=ws.catalog, max_history=cfg.data.max_history).state_dict()
+    assert torch.equal(init["item_codes"], results[1]["item_codes"])
+    moved = [name for name, value in init.items() if value.is_floating_point()
+             and (results[1][name] - value).abs().max() > 1e-3]
+    assert "head.weight" in moved and len(moved) > len(init) // 2
+
+
+def test_make_examples_follows_what_the_model_trains_on():
+    codes = random_catalog(30, [4, 5, 3], seed=1)
+    train = [np.arange(5), np.arange(3) + 10]
+    ws = SimpleNamespace(split=SimpleNamespace(train=train), user_bucket=np.array([1, 2]))  # what it reads
+    causal = tiny_model(codes, [4, 5, 3], causal_encoder=True)
+    assert isinstance(make_examples(causal, ws, 4), TrainWindows)  # every position of a window in one pass
+    assert isinstance(make_examples(tiny_model(codes, [4, 5, 3]), ws, 4), TrainExamples)
+    sasrec = SASRec(cfg=SASRecConfig(d_model=8, num_heads=1, d_ff=8, layers=1), num_items=30, max_history=4)
+    examples = make_examples(sasrec, ws, 4)
+    assert isinstance(examples, TrainWindows) and examples.targets == 4 + 2
+
+
+def test_distill_inputs_are_the_teachers_sharpened_distribution():
+    cfg = load_config(None, ["train.distill=0.4", "train.distill_temperature=0.5"])
+    torch.manual_seed(0)
+    teacher = SASRec(cfg=SASRecConfig(d_model=8, num_heads=1, d_ff=8, layers=1, dropout=0.0), num_items=30,
+                     max_history=5).eval()
+    batch = with_targets(random_batch(30, 4, seed=3), torch.tensor([1, 2, 3, 4]))
+    assert distill_inputs(None, batch, cfg.train) == {}
+    inputs = distill_inputs(teacher, batch, cfg.train)
+    assert inputs["distill"] == 0.4
+    torch.testing.assert_close(inputs["teacher"], teacher.next_item_probs(batch, 0.5))
+    hot = teacher.next_item_probs(batch, 1.0)
+    assert (inputs["teacher"].max(1).values > hot.max(1).values).all()  # below 1 the temperature sharpens
+
+
+def test_optimizer_schedule_and_weight_decay_groups():
+    cfg = load_config(None, ["train.lr=0.5", "train.warmup_steps=4", "train.max_steps=12", "train.weight_decay=0.1"])
+    model = tiny_model(random_catalog(30, [4, 5, 3], seed=2), [4, 5, 3])
+    opt, sched = make_optimizer(model, cfg)
+    decay, other = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and other["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)] for p in decay["params"]} == {n for n, p in model.named_parameters()
+                                                        if p.ndim >= 2 and "emb" not in n}
+    assert "head.weight" in {names[id(p)] for p in decay["params"]}
+    assert "code_emb.weight" in {names[id(p)] for p in other["params"]}
+    factor = sched.lr_lambdas[0]
+    assert [factor(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]  # linear warm-up
+    assert factor(4) == 1.0 and factor(8) == pytest.approx(0.5 * (1 + math.cos(math.pi / 2)))
+    assert factor(12) == pytest.approx(0.0) and factor(20) == pytest.approx(0.0)  # cosine to 0 at max_steps
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5 * 0.25)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from genrec.config import DataConfig
-from genrec.datasets import load_dataset
+from genrec.data.prepare import load_dataset
 from genrec.errors import GenrecError
 
 BEAUTY = Path("/work/shared/data/amazon-beauty")

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 
 from genrec.config import DataConfig
-from genrec.datasets import Dataset, load_dataset
+from genrec.data.loaders import Dataset
+from genrec.data.prepare import dataset_stats, load_dataset, load_prepared, prepare
+from genrec.data.splits import leave_one_out
 from genrec.errors import GenrecError
-from genrec.prepare import dataset_stats, load_prepared, prepare
-from genrec.splits import leave_one_out
 
 
 def _assert_same(a: Dataset, b: Dataset) -> None:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from genrec.config import DataConfig
-from genrec.datasets import Dataset
+from genrec.data.loaders import Dataset
+from genrec.data.splits import leave_one_out, make_split, temporal_split
 from genrec.errors import GenrecError
-from genrec.splits import leave_one_out, make_split, temporal_split
 
 
 def _random_sequences(seed: int = 0, users: int = 200, items: int = 500) -> list[np.ndarray]:

@@ -6,7 +6,8 @@ import math
 
 import torch
 
-from genrec.metrics import MISS, metric_sums, ranks_in_list, ranks_in_scores
+from genrec.evaluation.metrics import metric_sums, ranks_in_list
+from genrec.search import MISS, ranks_in_scores
 
 
 def test_hit_at_rank_one_miss_and_k_larger_than_list():
@@ -29,15 +30,3 @@ def test_rank_in_full_scores_counts_strictly_better_items():
     sums = metric_sums(ranks_in_scores(scores, torch.tensor([2, 0])), (1, 3))
     assert sums[0].tolist() == [1.0, 2.0]
     assert math.isclose(float(sums[1, 1]), 1.0 + 0.5)  # 1/log2(2) + 1/log2(4)
-
-
-def test_repeat_share_counts_targets_already_in_the_history():
-    import numpy as np
-
-    from genrec.evaluate import repeat_share
-    from genrec.splits import EvalSet
-
-    es = EvalSet(users=np.arange(4), histories=[np.array([1, 2]), np.array([3]), np.array([5, 6, 7]), np.array([], int)],
-                 targets=np.array([2, 4, 5, 1]))
-    assert repeat_share(es) == 0.5
-    assert repeat_share(EvalSet(users=np.arange(0), histories=[], targets=np.array([], int))) == 0.0

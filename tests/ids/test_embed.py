@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from genrec.config import EmbedConfig
-from genrec.embed import DEFAULT_MODEL, embed, item_text, item_texts, load_encoder
 from genrec.errors import GenrecError
+from genrec.ids.embed import DEFAULT_MODEL, embed, item_text, item_texts, load_encoder
 
 TEMPLATE = "Title: {title}; Brand: {brand}; Categories: {categories}; Price: {price}"
 

@@ -9,7 +9,8 @@ import pytest
 
 from genrec.config import QuantizeConfig
 from genrec.errors import GenrecError
-from genrec.quantize import quantize
+from genrec.ids.quantize import quantize
+from genrec.ids.rqkmeans import RQKMeans
 
 
 def write_embeddings(embed_dir, n: int = 300, d: int = 12, seed: int = 0) -> np.ndarray:
@@ -52,6 +53,9 @@ def test_quantize_writes_files_consistent_with_summary(tmp_path):
     recon = centroids[0][codes[:, 0]] + centroids[1][codes[:, 1]]
     assert summary["residual_mse"][-1] == pytest.approx(float(((x - recon) ** 2).sum(1).mean()), rel=1e-4)
     assert summary["residual_mse"][0] == pytest.approx(1.0, rel=1e-5)  # unit rows before level 0
+    # the saved quantizer loads back and gives the catalogue the codes the stage wrote
+    quantizer = RQKMeans.load(out, num_levels=2, codebook_size=8)
+    np.testing.assert_array_equal(quantizer.encode(x), codes)
 
 
 def test_quantize_raw_embeddings_when_not_normalised(tmp_path):

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-import genrec.rqkmeans as rq
-from genrec.errors import GenrecError
-from genrec.rqkmeans import add_collision_level, codebook_health, encode, fit_rq_kmeans, kmeans
+import genrec.ids.rqkmeans as rq
+from genrec.ids.rqkmeans import RQKMeans, add_collision_level, codebook_health, encode, fit_rq_kmeans, kmeans
 
 
 def clustered(n: int = 600, d: int = 8, clusters: int = 12, seed: int = 0) -> torch.Tensor:
@@ -48,6 +47,42 @@ def test_encode_reproduces_fit_codes():
     x = clustered(n=500, seed=2)
     result = fit_rq_kmeans(x, num_levels=3, codebook_size=8, iters=15, seed=0)
     assert torch.equal(encode(x, result.centroids), result.codes)
+
+
+def test_quantizer_encode_on_the_training_rows_gives_the_fit_codes():
+    x = clustered(n=400, seed=9).numpy()
+    q = RQKMeans(num_levels=3, codebook_size=8, iters=15, seed=0)
+    codes = q.fit(x)
+    assert codes.shape == (400, 3) and codes.dtype == np.int64
+    np.testing.assert_array_equal(q.encode(x), codes)
+    # the same fit as the functional API, and the stats are its residual errors
+    reference = fit_rq_kmeans(torch.from_numpy(x), num_levels=3, codebook_size=8, iters=15, seed=0)
+    np.testing.assert_array_equal(codes, reference.codes.numpy())
+    assert q.stats == {"residual_mse": reference.residual_norms}
+    # rows not seen at fit time: each code is the nearest centroid of the residual left by the levels above
+    new = x[:5] + 0.01
+    residual, expected = new.astype(np.float64), []
+    for c in q.centroids:
+        c = c.double().numpy()
+        idx = ((residual[:, None] - c[None]) ** 2).sum(-1).argmin(1)
+        expected.append(idx)
+        residual = residual - c[idx]
+    np.testing.assert_array_equal(q.encode(new), np.stack(expected, 1))
+
+
+def test_quantizer_save_load_round_trip(tmp_path):
+    x = clustered(n=300, seed=10).numpy()
+    q = RQKMeans(num_levels=2, codebook_size=8, iters=10, seed=0)
+    codes = q.fit(x)
+    q.save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["centroids_0.npy", "centroids_1.npy"]
+    loaded = RQKMeans.load(tmp_path, num_levels=2, codebook_size=8)
+    assert (loaded.num_levels, loaded.codebook_size) == (2, 8)
+    for mine, theirs in zip(q.centroids, loaded.centroids):
+        assert theirs.dtype == torch.float32 and torch.equal(mine, theirs)
+    np.testing.assert_array_equal(loaded.encode(x), codes)
+    with pytest.raises(ValueError, match="before fit or load"):
+        RQKMeans(num_levels=2, codebook_size=8).encode(x)
 
 
 def test_chunked_encode_matches_brute_force(monkeypatch):
@@ -100,9 +135,13 @@ def test_fewer_distinct_rows_than_k_warns_and_keeps_going(caplog):
     assert "only 2 of 3 centroids have points" in caplog.text
 
 
-def test_too_few_items_is_a_user_error():
-    with pytest.raises(GenrecError, match="catalogue has 10 items, fewer than quantize.codebook_size=16"):
+def test_too_few_rows_for_the_codebook_is_refused():
+    """A programming error here (ValueError); the quantize stage turns the same case into a GenrecError that
+    names quantize.codebook_size (test_quantize)."""
+    with pytest.raises(ValueError, match="10 rows cannot fill a codebook of 16 codes"):
         fit_rq_kmeans(torch.randn(10, 4), num_levels=2, codebook_size=16, iters=5, seed=0)
+    with pytest.raises(ValueError, match="kmeans needs at least k=16 rows, got 10"):
+        kmeans(torch.randn(10, 4), 16, iters=5, generator=torch.Generator().manual_seed(0))
 
 
 class ThreadAllReduce:

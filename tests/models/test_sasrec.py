@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
+import pytest
 import torch
 
-from genrec.batches import TrainExamples, TrainWindows
 from genrec.cli import main
-from genrec.config import ModelConfig
-from genrec.sasrec import SASRec
-from genrec.tiger import Batch
+from genrec.config import SASRecConfig, load_config
+from genrec.data.batches import Batch, TrainExamples, TrainWindows
+from genrec.models.checkpoint import load_model
+from genrec.models.sasrec import SASRec
+from genrec.rundir import RunDir
+from genrec.search import MISS
+from genrec.workspace import load_workspace
 
 from conftest import TINY
 
 
 def tiny_sasrec(n_items: int = 30, seed: int = 0) -> SASRec:
     torch.manual_seed(seed)
-    cfg = ModelConfig(kind="sasrec", d_model=16, num_heads=2, head_dim=8, d_ff=16, encoder_layers=2, dropout=0.0)
-    model = SASRec(cfg=cfg, item_codes=torch.zeros(n_items, 2, dtype=torch.long), level_sizes=[1, 1], max_history=6)
+    cfg = SASRecConfig(d_model=16, num_heads=2, d_ff=16, layers=2, dropout=0.0)
+    model = SASRec(cfg=cfg, num_items=n_items, max_history=6)
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.3)
     return model
@@ -42,27 +47,58 @@ def test_recommend_is_the_exact_top_k_and_can_exclude_history():
     batch = Batch(users=torch.zeros(2, dtype=torch.long), history=history)
     scores = model.score(batch)
     torch.testing.assert_close(scores.exp().sum(1), torch.ones(2))
-    items, top = model.recommend(batch, 5)
+    assert SASRec.methods == ("sasrec",)
+    method = model.ranking("sasrec")
+    assert method.name == "sasrec" and method.complete
+    with pytest.raises(KeyError):
+        model.ranking("generative")
+    items, top = method.recommend(batch, 5, False)
     ref_top, ref_items = scores.topk(5, dim=1)
     assert torch.equal(items, ref_items) and torch.equal(top, ref_top)
-    items, _ = model.recommend(batch, 30, exclude_history=True)
+    items, top = method.recommend(batch, 30, True)
     assert not set(items[0, :28].tolist()) & {3, 4} and not set(items[1, :26].tolist()) & {1, 2, 5, 6}
+    assert items[0, 28:].tolist() == [-1, -1] and items[1, 26:].tolist() == [-1] * 4  # nothing left to return
+    kept = scores.clone()
+    kept[0, [3, 4]] = kept[1, [1, 2, 5, 6]] = float("-inf")
+    ref_top, ref_items = kept.topk(26, dim=1)
+    assert torch.equal(items[:, :26], ref_items) and torch.equal(top[:, :26], ref_top)
+    # target ranks: items scoring strictly higher; a history target is a miss once the history is excluded
+    targets = torch.tensor([4, int(ref_items[1, 3])])
+    ranks = method.target_ranks(Batch(batch.users, history, targets), 30, True)
+    assert ranks[0] == MISS and ranks[1] == 3
+    assert method.target_ranks(Batch(batch.users, history, targets), 30, False)[0] == (scores[0] > scores[0, 4]).sum()
     # a left-padded history scores as the same history without padding
     alone = model.score(Batch(users=torch.zeros(1, dtype=torch.long), history=torch.tensor([[3, 4]])))
     torch.testing.assert_close(alone[0], scores[0], atol=1e-5, rtol=1e-5)
 
 
 def test_pipeline_with_sasrec_reports_every_k(tmp_path, tiny_overrides):
-    assert main(["run", "-c", str(TINY), *tiny_overrides, "model.kind=sasrec", "model.d_model=32",
-                 "model.encoder_layers=2", "model.dropout=0.2", "evaluate.ks=[5,10,20,50]"]) == 0
+    overrides = [*tiny_overrides, "model.kind=sasrec", "model.sasrec.d_model=32", "model.sasrec.layers=2",
+                 "model.sasrec.dropout=0.2", "evaluate.ks=[5,10,20,50]", "evaluate.methods=[]",
+                 "evaluate.dtype=float32"]  # float32 on every machine, so that the metrics can be recomputed exactly
+    assert main(["run", "-c", str(TINY), *overrides]) == 0
     results = json.loads((tmp_path / "run" / "evaluate" / "results.json").read_text())
-    for split in ("valid", "test"):
-        for k in (5, 10, 20, 50):  # a complete ranking: every k is reported, beyond the beam size of 20
-            assert f"{split}/sasrec/recall@{k}" in results["metrics"]
-    assert results["omitted"] == {}
-    recalls = [results["metrics"][f"test/sasrec/recall@{k}"] for k in (5, 10, 20, 50)]
-    assert recalls == sorted(recalls) and recalls[-1] < 1.0
-    assert recalls[1] > 0.3  # learnable synthetic data: far above chance (10 of 64 items = 0.16)
+    assert results["methods"] == ["sasrec"] and results["omitted"] == {}
+    # a complete ranking: every k is reported, beyond the beam size of 20, and equals the metrics computed here
+    # from the model's own scores, one user at a time
+    cfg = load_config(TINY, overrides)
+    run = RunDir(cfg.run_dir)
+    model = load_model(run.model)
+    assert isinstance(model, SASRec) and model.cfg.d_model == 32
+    ws = load_workspace(cfg, run, with_sids=False)
+    for split, eval_set in (("valid", ws.split.valid), ("test", ws.split.test)):
+        ranks = []
+        for history, target in zip(eval_set.histories, eval_set.targets):
+            history = history[-cfg.data.max_history :]  # what the model sees, and what it may not recommend
+            scores = model.score(Batch(torch.zeros(1, dtype=torch.long), torch.from_numpy(history[None])))[0]
+            scores[history] = float("-inf")
+            ranks.append(int((scores > scores[target]).sum()))
+        for k in (5, 10, 20, 50):
+            recall = np.mean([r < k for r in ranks])
+            ndcg = np.mean([1 / math.log2(r + 2) if r < k else 0.0 for r in ranks])
+            assert results["metrics"][f"{split}/sasrec/recall@{k}"] == pytest.approx(recall, abs=1e-9)
+            assert results["metrics"][f"{split}/sasrec/ndcg@{k}"] == pytest.approx(ndcg, abs=1e-6)
+    assert results["metrics"]["test/sasrec/recall@10"] > 0.3  # learnable synthetic data: far above chance (0.16)
 
 
 def test_next_item_probs_per_position_equal_per_example_and_drop_the_history():

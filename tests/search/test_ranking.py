@@ -1,0 +1,37 @@
+"""The ranking conventions every method shares: MISS, history membership and removal, ranks among complete
+scores, against hand-computed values."""
+
+from __future__ import annotations
+
+import torch
+
+from genrec.search import MISS, drop_items, in_history, ranks_in_scores
+
+NEG_INF = float("-inf")
+
+
+def test_ranks_in_scores_count_strictly_better_items_and_miss_removed_or_deep_targets():
+    scores = torch.tensor([[0.1, 0.9, 0.5, 0.7],
+                           [3.0, 2.0, 1.0, 0.0],
+                           [0.5, NEG_INF, 0.5, 0.2],  # a tie counts neither way
+                           [1.0, NEG_INF, 0.0, 2.0]])
+    targets = torch.tensor([2, 3, 2, 1])
+    assert ranks_in_scores(scores, targets).tolist() == [2, 3, 0, MISS]  # a -inf target is removed: a miss
+    assert ranks_in_scores(scores, targets, k=3).tolist() == [2, MISS, 0, MISS]  # rank 3 is beyond k = 3
+    assert ranks_in_scores(scores, targets, k=4).tolist() == [2, 3, 0, MISS]
+    assert ranks_in_scores(scores, targets, k=1).tolist() == [MISS, MISS, 0, MISS]
+    assert MISS > 10**12  # beyond every cut-off
+
+
+def test_in_history_ignores_padding():
+    items = torch.tensor([[3, 4, -1, 0], [1, 2, 3, -1]])
+    history = torch.tensor([[-1, -1, 3, 0], [-1, 2, 2, 9]])
+    assert in_history(items, history).tolist() == [[True, False, False, True], [False, True, False, False]]
+    assert in_history(items, torch.full((2, 0), -1, dtype=torch.long)).tolist() == [[False] * 4] * 2
+
+
+def test_drop_items_sets_listed_items_to_minus_infinity_in_place():
+    scores = torch.arange(10, dtype=torch.float).view(2, 5)
+    out = drop_items(scores, torch.tensor([[-1, 4, 0], [2, -1, 2]]))
+    assert out is scores
+    assert scores.tolist() == [[NEG_INF, 1, 2, 3, NEG_INF], [5, 6, NEG_INF, 8, 9]]
