@@ -153,7 +153,7 @@ def test_torchrun_training_matches_one_process(quantized, tmp_path):
         copy = tmp_path / f"run{world}"
         shutil.copytree(run_dir, copy)
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={world}",
-               f"--master_port={_free_port()}", "-m", "genrec.cli", "train", "-c", str(TINY), *common,
+               "--standalone", "-m", "genrec.cli", "train", "-c", str(TINY), *common,
                f"run_dir={copy}"]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                              env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -58,7 +59,7 @@ def load_model(directory: Path, map_location: str = "cpu") -> nn.Module:
     except FileNotFoundError as err:
         raise GenrecError(f"{directory} is not a genrec model directory ({Path(err.filename).name} is missing); "
                           f"train one with 'genrec train' or point to runs/<name>/train/best")
-    except (json.JSONDecodeError, OSError, ValueError) as err:
+    except (json.JSONDecodeError, OSError, ValueError, SafetensorError) as err:
         raise GenrecError(f"{directory} holds a corrupt model ({err}); retrain with 'genrec train --force'")
     kind = config.get("kind")
     if kind not in MODELS or "meta" not in config:
