@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from genrec.config import Config, EvaluateConfig
 from genrec.data.batches import eval_batches
@@ -43,7 +43,7 @@ from genrec.errors import GenrecError
 from genrec.evaluation.metrics import metric_sums
 from genrec.files import save_json
 from genrec.models.checkpoint import check_catalog, load_model
-from genrec.models.types import RankingMethod
+from genrec.models.types import RankingMethod, RetrievalModel
 from genrec.rundir import RunDir
 from genrec.workspace import Workspace, load_workspace
 
@@ -74,7 +74,7 @@ def resolve_dtype(dtype: str, device_type: str) -> str:
     return "bfloat16" if {"avx512_bf16", "amx_bf16"} & set(flags) else "float32"
 
 
-def methods_of(model: nn.Module, names: tuple[str, ...]) -> list[RankingMethod]:
+def methods_of(model: RetrievalModel, names: tuple[str, ...]) -> list[RankingMethod]:
     """The model's ranking methods named by `names` (empty: its default), or a GenrecError naming the ones it has."""
     names = names or model.methods[:1]
     unknown = [n for n in names if n not in model.methods]
@@ -86,7 +86,7 @@ def methods_of(model: nn.Module, names: tuple[str, ...]) -> list[RankingMethod]:
 
 @torch.no_grad()
 def evaluate_split(
-    model: nn.Module, eval_set: EvalSet, user_bucket: np.ndarray, *, split: str, beam_size: int,
+    model: RetrievalModel, eval_set: EvalSet, user_bucket: np.ndarray, *, split: str, beam_size: int,
     ks: tuple[int, ...], methods: tuple[str, ...] = (), batch_size: int = 256, exclude_history: bool = False,
     rank: int = 0, world_size: int = 1, all_reduce: Callable[[Tensor], Tensor] = lambda t: t,
     progress: bool = False, dtype: str = "auto",
@@ -159,7 +159,7 @@ def format_table(metrics: dict[str, float], ks: tuple[int, ...]) -> str:
     return "\n".join(lines)
 
 
-def evaluate_workspace(model: nn.Module, ws: Workspace, e: EvaluateConfig, dist: DistInfo, *, split: str,
+def evaluate_workspace(model: RetrievalModel, ws: Workspace, e: EvaluateConfig, dist: DistInfo, *, split: str,
                        beam_size: int, ks: tuple[int, ...], methods: tuple[str, ...] = ()) -> EvalResult:
     """`evaluate_split` on a run's split with the settings of the `evaluate` section, sharded over processes."""
     return evaluate_split(model, ws.split.valid if split == "valid" else ws.split.test, ws.user_bucket, split=split,

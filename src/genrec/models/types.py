@@ -5,7 +5,8 @@
 - `ranking(name) -> RankingMethod` for each name in `methods` (the first is the model's default): how the model
   ranks the catalogue for a batch of histories, and whether that ranking is complete (any k) or a top list;
 - `all_positions`: whether training feeds whole sequences with a target at every position;
-- `checkpoint_meta()` and `from_checkpoint(section, meta)`: what a model directory needs to rebuild it.
+- `from_catalog(section, catalog=, max_history=)` builds one; `checkpoint_meta()` and
+  `from_checkpoint(section, meta)` are what a model directory needs to rebuild it.
 
 A generative model also gives trie-constrained search (`genrec.search`) what it needs: `code_decoder(trie)`,
 a `genrec.search.CodeDecoder`.
@@ -43,6 +44,8 @@ class RankingMethod:
 
 
 class RetrievalModel(Protocol):
+    """What the trainer and the evaluator use of a model (an `nn.Module`: also `eval()`, `parameters()`, ...)."""
+
     methods: ClassVar[tuple[str, ...]]  # ranking methods offered; the first is the default
     learns_from_teacher: ClassVar[bool]  # forward takes a teacher's next-item distribution (distillation)
     uses_sids: ClassVar[bool]  # generates semantic IDs: its checkpoint is tied to the catalogue's
@@ -57,3 +60,11 @@ class RetrievalModel(Protocol):
     def ranking(self, name: str) -> RankingMethod: ...
 
     def checkpoint_meta(self) -> dict[str, Any]: ...
+
+    @classmethod
+    def from_catalog(cls, cfg: Any, *, catalog: Any, max_history: int) -> RetrievalModel:
+        """A fresh model of its config section `cfg` over a `genrec.ids.catalog.Catalog`."""
+
+    @classmethod
+    def from_checkpoint(cls, cfg: Any, meta: dict[str, Any]) -> RetrievalModel:
+        """An untrained model of a saved shape (`checkpoint_meta`), ready for its state dict."""
