@@ -343,10 +343,6 @@ def from_dict(cls: type, values: dict[str, Any]) -> Any:
     return _build(cls, values, f"{cls.__name__}.")
 
 
-def save_config(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-
-
 def fingerprint(*sections: Any) -> str:
     """A stable digest of config sections, used to decide whether a stage's outputs are current."""
     import hashlib

@@ -28,7 +28,7 @@ from genrec.data.batches import Batch, TrainExamples, TrainWindows
 from genrec.distributed import DistInfo, barrier
 from genrec.errors import GenrecError
 from genrec.evaluation.evaluator import evaluate_workspace
-from genrec.files import save_json
+from genrec.files import save_json, write_bytes
 from genrec.models import checkpoint as ckpt
 from genrec.models.registry import MODELS, build_model
 from genrec.rundir import MODEL, RunDir
@@ -69,7 +69,7 @@ class TrainLog:
         if enabled and self.path.exists():
             kept = [line for line in self.path.read_text().splitlines(keepends=True)
                     if line.strip() and json.loads(line)["step"] <= resume_step]
-            self.path.write_text("".join(kept))
+            write_bytes(self.path, "".join(kept).encode())
         if enabled:
             try:
                 from torch.utils.tensorboard import SummaryWriter
