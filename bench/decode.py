@@ -481,7 +481,7 @@ def main() -> None:
         "evaluator batches them: a batch's encoder input is cut to its longest history",
         "speedup_vs_hf: both in float32; speedup_vs_hf_bf16: both under torch.autocast(bfloat16); "
         "speedup_vs_hf_best_dtype: each side's faster dtype at that beam",
-        "genrec: beam_search(use_kv_cache=True) returning the items; hf_generate: T5ForConditionalGeneration.generate "
+        "genrec: beam_search over the model's code_decoder returning the items; hf_generate: T5ForConditionalGeneration.generate "
         "with num_beams=B, num_return_sequences=B, max_new_tokens=levels and a prefix_allowed_tokens_fn walking "
         "nested dicts; every returned item of both is checked to be a catalogue item, once per user",
         "shapes: the default one is genrec's default recipe (4 encoder layers over one token per item, 1 decoder "

@@ -82,10 +82,12 @@ def test_distillation_needs_the_collab_teacher():
 
 
 @pytest.mark.parametrize("override, new", [
-    ("model.d_model=32", "model.tiger.d_model \\(for model.kind=sasrec: model.sasrec\\)"),
-    ("model.encoder_layers=2", "model.tiger.encoder_layers"),
+    ("model.d_model=32", "model.tiger.d_model \\(for model.kind=sasrec: model.sasrec.d_model\\)"),
+    ("model.encoder_layers=2", "model.tiger.encoder_layers \\(for model.kind=sasrec: model.sasrec.layers\\)"),
+    ("model.item_tokens=sum", "model.tiger.item_tokens; rename"),
     ("model.num_user_buckets=0", "model.tiger.num_user_buckets; rename"),
-    ("collab.d_model=16", "model.sasrec.d_model"),
+    ("collab.d_model=16", "model.sasrec.d_model \\(the collab SASRec's feed-forward was as wide: set "
+                          "model.sasrec.d_ff to the same value\\)"),
     ("collab.layers=2", "model.sasrec.layers"),
     ("collab.dropout=0.2", "model.sasrec.dropout"),
     ("evaluate.exact=true", "evaluate.methods \\(e.g. \\[generative, exact\\]\\)"),

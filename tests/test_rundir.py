@@ -9,9 +9,10 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from genrec.cli import main
-from genrec.config import load_config
+from genrec.config import load_config, to_dict
 from genrec.rundir import RunDir
 
 from conftest import TINY
@@ -56,12 +57,13 @@ def test_a_second_command_on_a_busy_run_directory_stops_at_once(tmp_path, capsys
 
 def test_taking_the_lock_clears_what_a_killed_command_left(tmp_path):
     run = RunDir(tmp_path / "run")
-    for name in ("prepare.tmp", "embed.old", "train.partial/checkpoint-40.tmp", "train.partial/checkpoint-30"):
+    for name in ("prepare.tmp", "embed.old", "train.partial/checkpoint-40.tmp", "train.partial/best.old",
+                 "train.partial/checkpoint-30", "notes.tmp"):
         (run.root / name).mkdir(parents=True)
         (run.root / name / "file").write_text("x")
     run.lock()
-    try:
-        assert sorted(p.name for p in run.root.iterdir()) == [".lock", "train.partial"]
+    try:  # genrec's own half-written directories go; a directory genrec does not write stays
+        assert sorted(p.name for p in run.root.iterdir()) == [".lock", "notes.tmp", "train.partial"]
         assert [p.name for p in (run.root / "train.partial").iterdir()] == ["checkpoint-30"]
     finally:
         run.unlock()
@@ -81,6 +83,20 @@ def test_config_yaml_holds_only_the_settings_the_outputs_were_made_with(small_ru
     text = (copy / "config.yaml").read_text()
     assert main(["run", "-c", str(TINY), *overrides, f"data.path={tmp_path / 'missing'}"]) == 2
     assert (copy / "config.yaml").read_text() == text
+    # new semantic IDs: the model and the metrics were made from the old ones, so their settings leave config.yaml
+    assert main(["quantize", "-c", str(TINY), *overrides, "quantize.codebook_size=4"]) == 0
+    recorded = yaml.safe_load((copy / "config.yaml").read_text())
+    assert recorded["quantize"]["codebook_size"] == 4 and "train" not in recorded and "evaluate" not in recorded
+    assert "tiger" not in recorded["model"] and recorded["model"]["sasrec"] == to_dict(before.model.sasrec)
+
+
+def test_a_method_the_model_does_not_offer_fails_before_anything_runs(tmp_path, tiny_data, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["run", "-c", str(TINY), f"run_dir={run_dir}", f"data.path={tiny_data}", "model.kind=sasrec",
+                 "evaluate.methods=[exact]"]) == 2
+    assert "evaluate.methods=['exact'] names a method model.kind=sasrec does not offer; choose from sasrec" in \
+        capsys.readouterr().err
+    assert not run_dir.exists()
 
 
 def test_a_resumed_training_logs_every_step_once_and_ends_where_the_whole_run_ended(small_run, tmp_path):
@@ -95,6 +111,8 @@ def test_a_resumed_training_logs_every_step_once_and_ends_where_the_whole_run_en
     (partial / "stage.partial.json").write_text(json.dumps({k: v for k, v in stamp.items() if k not in ("id", "seconds")}))
     shutil.rmtree(partial / "checkpoint-40")
     assert (partial / "checkpoint-30").is_dir()
+    with (partial / "log.jsonl").open("a") as f:
+        f.write('{"step": 41, "train/lo')  # the line the kill cut short
     assert main(["train", "-c", str(TINY), *overrides]) == 0
     resumed = [json.loads(line) for line in (copy / "train" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in resumed] == [r["step"] for r in whole]

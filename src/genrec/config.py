@@ -1,6 +1,7 @@
-"""Experiment configuration: nested frozen dataclasses, one section per stage.
+"""Experiment configuration: nested frozen dataclasses, one section per stage (the model section holds one
+section per model kind).
 
-A recipe is a flat, complete YAML file with one mapping per section; command-line overrides are dotted
+A recipe is a complete YAML file with one mapping per section; command-line overrides are dotted
 (`train.lr=3e-4`). Unknown keys fail with the list of valid keys, types are checked, and cross-setting
 invariants are checked at load time.
 """
@@ -209,10 +210,15 @@ def _check_type(where: str, value: Any, annotation: Any) -> Any:
 # Keys of earlier recipes -> where the setting lives now.
 MOVED = {
     **{f"model.{name}": f"model.tiger.{name}" for name in (
-        "d_model", "num_heads", "head_dim", "d_ff", "encoder_layers", "decoder_layers", "dropout", "item_tokens",
-        "num_user_buckets", "causal_encoder", "recency_bias", "trie_softmax")},
-    "collab.d_model": "model.sasrec.d_model", "collab.layers": "model.sasrec.layers",
-    "collab.dropout": "model.sasrec.dropout", "evaluate.exact": "evaluate.methods (e.g. [generative, exact])",
+        "head_dim", "decoder_layers", "item_tokens", "num_user_buckets", "causal_encoder", "recency_bias",
+        "trie_softmax")},
+    **{f"model.{name}": f"model.tiger.{name} (for model.kind=sasrec: model.sasrec.{name})" for name in (
+        "d_model", "num_heads", "d_ff", "dropout")},
+    "model.encoder_layers": "model.tiger.encoder_layers (for model.kind=sasrec: model.sasrec.layers)",
+    "collab.d_model": "model.sasrec.d_model (the collab SASRec's feed-forward was as wide: set model.sasrec.d_ff "
+                      "to the same value)",
+    "collab.layers": "model.sasrec.layers", "collab.dropout": "model.sasrec.dropout",
+    "evaluate.exact": "evaluate.methods (e.g. [generative, exact])",
 }
 
 
@@ -222,8 +228,7 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     unknown = sorted(set(values) - set(names))
     for key in unknown:
         if f"{where}{key}" in MOVED:
-            hint = " (for model.kind=sasrec: model.sasrec)" if where == "model." and key != "num_user_buckets" else ""
-            raise ConfigError(f"{where}{key} has moved to {MOVED[where + key]}{hint}; rename it in the recipe")
+            raise ConfigError(f"{where}{key} has moved to {MOVED[where + key]}; rename it in the recipe")
     if unknown:
         raise ConfigError(f"unknown key {where}{unknown[0]}; valid keys: {', '.join(names)}")
     kwargs = {}

@@ -25,7 +25,9 @@ from genrec.config import Config, fingerprint, to_dict
 from genrec.distributed import DistInfo, barrier, broadcast_object
 from genrec.errors import GenrecError
 from genrec.files import replace_dir, save_json, write_bytes
-from genrec.rundir import STAGES, RunDir
+from genrec.models.registry import MODELS
+from genrec.rundir import PARTIAL_STAMP, STAGES, STAMP, RunDir
+from genrec.stages import RUN
 
 logger = logging.getLogger(__name__)
 
@@ -33,9 +35,10 @@ DISTRIBUTED = {"collab", "train", "evaluate"}  # the others run on rank 0 while 
 
 
 def settings(cfg: Config, stage: str) -> dict[str, Any]:
-    """The settings a stage depends on, by dotted section name."""
-    by_stage = {"prepare": {"data": cfg.data}, "embed": {"embed": cfg.embed},
-                "collab": {"collab": cfg.collab, "model.sasrec": cfg.model.sasrec},
+    """The settings a stage depends on, by dotted section name (a disabled collab stage depends on nothing else)."""
+    collab = {"collab": cfg.collab, "model.sasrec": cfg.model.sasrec} if cfg.collab.enabled else \
+        {"collab.enabled": False}
+    by_stage = {"prepare": {"data": cfg.data}, "embed": {"embed": cfg.embed}, "collab": collab,
                 "quantize": {"quantize": cfg.quantize},
                 "train": {"model.kind": cfg.model.kind, f"model.{cfg.model.kind}": cfg.model.section,
                           "train": cfg.train},
@@ -60,7 +63,7 @@ def expected_stamp(cfg: Config, run: RunDir, stage: str) -> dict[str, Any]:
                               f"missing or unfinished; run 'genrec {STAGES[i - 1]}' first (or 'genrec run')")
         upstream = up["id"]
     values = settings(cfg, stage)
-    return {"stage": stage, "fingerprint": fingerprint(values), "upstream": upstream, "settings": values}
+    return {"stage": stage, "fingerprint": fingerprint(*values.values()), "upstream": upstream, "settings": values}
 
 
 def is_current(cfg: Config, run: RunDir, stage: str) -> bool:
@@ -69,25 +72,35 @@ def is_current(cfg: Config, run: RunDir, stage: str) -> bool:
     return stamp is not None and all(stamp.get(k) == want[k] for k in ("stage", "fingerprint", "upstream"))
 
 
-def write_config(run: RunDir) -> None:
-    """config.yaml from the finished stages' stamps: the settings their outputs were made with."""
-    values: dict[str, Any] = {"run_dir": str(run.root)}
+def current_stamps(run: RunDir) -> list[dict[str, Any]]:
+    """The stamps of the finished stages whose outputs follow from each other, in order: a stage's output made
+    from an upstream output that has since been replaced ends the chain."""
+    chain, upstream = [], None
     for stage in STAGES:
         stamp = read_stamp(run, stage)
-        for name, value in ((stamp or {}).get("settings") or {}).items():
+        if stamp is None or stamp.get("upstream") != upstream:
+            break
+        chain.append(stamp)
+        upstream = stamp["id"]
+    return chain
+
+
+def write_config(run: RunDir) -> None:
+    """config.yaml from the current stages' stamps: the settings their outputs were made with."""
+    values: dict[str, Any] = {"run_dir": str(run.root)}
+    for stamp in current_stamps(run):
+        for name, value in (stamp.get("settings") or {}).items():
             node = values
             *parents, last = name.split(".")
             for key in parents:
                 node = node.setdefault(key, {})
             node[last] = value
-    header = "# the settings each finished stage of this run directory ran with (written by genrec)\n"
+    header = "# the settings the current outputs of this run directory were made with (written by genrec)\n"
     write_bytes(run.config, (header + yaml.safe_dump(values, sort_keys=False)).encode())
 
 
 def run_stage(cfg: Config, stage: str, dist: DistInfo, force: bool = False) -> bool:
     """Run one stage unless its outputs are current. Returns True if it ran."""
-    from genrec.stages import RUN
-
     run = RunDir(cfg.run_dir)
     want = expected_stamp(cfg, run, stage)
     if not force and is_current(cfg, run, stage):
@@ -95,7 +108,7 @@ def run_stage(cfg: Config, stage: str, dist: DistInfo, force: bool = False) -> b
         return False
     work = run.work(stage)
     if dist.is_main:
-        partial_stamp = work / "stage.partial.json"
+        partial_stamp = work / PARTIAL_STAMP
         resumable = (stage == "train" and not force and partial_stamp.exists()
                      and json.loads(partial_stamp.read_text()) == want)
         if work.exists() and not resumable:
@@ -118,8 +131,8 @@ def run_stage(cfg: Config, stage: str, dist: DistInfo, force: bool = False) -> b
         raise GenrecError(error)
     barrier()
     if dist.is_main:
-        (work / "stage.partial.json").unlink()
-        save_json(work / "stage.json", {**want, "id": uuid.uuid4().hex, "seconds": round(time.perf_counter() - start, 2)})
+        (work / PARTIAL_STAMP).unlink()
+        save_json(work / STAMP, {**want, "id": uuid.uuid4().hex, "seconds": round(time.perf_counter() - start, 2)})
         replace_dir(work, run.stage(stage))
     barrier()
     logger.info("%s: done in %.1f s", stage, time.perf_counter() - start)
@@ -129,6 +142,10 @@ def run_stage(cfg: Config, stage: str, dist: DistInfo, force: bool = False) -> b
 def run(cfg: Config, dist: DistInfo, stages: tuple[str, ...] = STAGES, force: bool = False,
         on_stage: Callable[[str, bool], None] | None = None) -> None:
     """Run `stages` in order, holding the run directory's lock; with force every one of them reruns."""
+    offered = MODELS[cfg.model.kind].methods
+    if not set(cfg.evaluate.methods) <= set(offered):  # fail now, not after training
+        raise GenrecError(f"evaluate.methods={list(cfg.evaluate.methods)} names a method model.kind={cfg.model.kind} "
+                          f"does not offer; choose from {', '.join(offered)}")
     rundir = RunDir(cfg.run_dir)
     error = None
     if dist.is_main:

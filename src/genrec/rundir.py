@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -29,6 +30,8 @@ ITEM_IDS = "item_ids.json"  # embed and collab: the item IDs of the rows
 CODES = "codes.npy"  # quantize: [N, L] codes of the L quantizer levels
 SIDS = "codes_with_suffix.npy"  # quantize: [N, L + 1] semantic IDs, the collision level last
 STAMP = "stage.json"
+PARTIAL_STAMP = "stage.partial.json"  # in a work directory: the stamp it will get, so training can resume
+RESULTS = "results.json"  # evaluate: every metric
 SASREC = "sasrec"  # collab: the SASRec's training directory (its selected model in sasrec/best)
 MODEL = "best"  # train (and collab's SASRec run): the selected model's directory
 
@@ -63,10 +66,6 @@ class RunDir:
     def prepared(self) -> Path:
         return self.stage("prepare")
 
-    def embeddings(self, stage: str, normalized: bool = True) -> Path:
-        """The item embeddings an embed or collab stage wrote."""
-        return self.stage(stage) / (EMBEDDINGS if normalized else RAW_EMBEDDINGS)
-
     @property
     def sids(self) -> Path:
         return self.stage("quantize") / SIDS
@@ -83,18 +82,27 @@ class RunDir:
 
     @property
     def results(self) -> Path:
-        return self.stage("evaluate") / "results.json"
+        return self.stage("evaluate") / RESULTS
 
     # ---- the lock ----------------------------------------------------------------------------------------
     def lock(self) -> None:
         """Take the directory for this process, or fail at once naming the command that holds it. Held until
         `unlock` or the process ends (the OS releases it, so a killed command never leaves a stale lock).
-        Then clears what a killed command left half-written: `<stage>.tmp` and `*.old` directories."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        f = open(self.root / ".lock", "a+")
+        Then clears the directories a killed command left half-written: `<stage>.tmp`, `<stage>.old`, and in
+        `train.partial` the `.tmp`/`.old` of a checkpoint or of the selected model."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            f = open(self.root / ".lock", "a+")
+        except OSError as err:
+            raise GenrecError(f"cannot write in {self.root} ({err.strerror}); pass a run_dir=... you can write "
+                              f"to") from None
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as err:
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                f.close()
+                raise GenrecError(f"cannot lock {self.root / '.lock'} ({err.strerror}); this filesystem may not "
+                                  f"support locks: put run_dir on a local disk") from None
             f.seek(0)
             try:
                 holder = json.loads(f.read() or "{}")
@@ -110,7 +118,10 @@ class RunDir:
                             "since": time.strftime("%Y-%m-%d %H:%M:%S")}))
         f.flush()
         self._lock = f
-        for path in [*self.root.glob("*.tmp"), *self.root.glob("*.old"), *self.work("train").glob("*.tmp")]:
+        leftovers = [self.root / f"{stage}{suffix}" for stage in STAGES for suffix in (".tmp", ".old")]
+        leftovers += [p for p in self.work("train").glob("*.tmp") if p.name.startswith(("checkpoint-", MODEL))]
+        leftovers += [p for p in self.work("train").glob("*.old") if p.name.startswith(("checkpoint-", MODEL))]
+        for path in leftovers:
             if path.is_dir():
                 shutil.rmtree(path)
 

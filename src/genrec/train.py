@@ -1,9 +1,10 @@
-"""Training: next-item semantic-ID generation with teacher forcing, selected on validation.
+"""Training of any model (`model.kind`) on next-item prediction, selected on validation.
 
-Every position >= 1 of every training sequence is an example. Steps are counted in global batches of
+Every position >= 1 of every training sequence is a target: one example each, or whole sequence windows for a
+model that trains every position in one pass (`all_positions`). Steps are counted in global batches of
 `train.batch_size` examples, split evenly across processes under torchrun (DDP). Every `eval_every` steps the
-model is evaluated on *all* validation users with constrained beam search; the best one (by
-`select_metric`) is kept in `best/`, and training stops after `patience` evaluations without improvement,
+model is evaluated on *all* validation users with its default ranking method (for TIGER, constrained beam
+search with `valid_beam_size` beams); the best one (by `select_metric`) is kept in `best/`, and training stops after `patience` evaluations without improvement,
 at `max_steps`, or after `max_minutes`. A checkpoint-<step>/ carries everything needed to resume exactly
 (weights, optimizer, scheduler, data cursor, RNG state); a killed run resumes from the latest one.
 """
@@ -59,6 +60,14 @@ def make_optimizer(model: nn.Module, cfg: Config) -> tuple[torch.optim.Optimizer
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
 
 
+def _step_of(line: str) -> float:
+    """The step of a log line; a line a kill cut short counts as after every step (it is dropped on resume)."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
+
+
 class TrainLog:
     """JSON lines (and TensorBoard scalars when tensorboard is installed), main process only."""
 
@@ -67,9 +76,8 @@ class TrainLog:
         after the last checkpoint) are dropped; they will be written again."""
         self.enabled, self.path, self.tb = enabled, out_dir / "log.jsonl", None
         if enabled and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines(keepends=True)
-                    if line.strip() and json.loads(line)["step"] <= resume_step]
-            write_bytes(self.path, "".join(kept).encode())
+            write_bytes(self.path, "".join(line + "\n" for line in self.path.read_text().splitlines()
+                                           if _step_of(line) <= resume_step).encode())
         if enabled:
             try:
                 from torch.utils.tensorboard import SummaryWriter

@@ -22,7 +22,6 @@ from genrec.rundir import RunDir
 class Workspace:
     catalog: Catalog
     split: Split
-    user_ids: list[str]
     user_bucket: np.ndarray  # [U] hashed user tokens (all 0 without them)
 
 
@@ -55,5 +54,4 @@ def load_workspace(cfg: Config, run: RunDir, with_sids: bool = True) -> Workspac
     hashed tokens when the model's section asks for them (`num_user_buckets`)."""
     dataset = load_prepared(run.prepared)
     buckets = user_buckets(dataset.user_ids, getattr(cfg.model.section, "num_user_buckets", 0))
-    return Workspace(catalog_of(cfg, run, dataset, with_sids), make_split(dataset, cfg.data), dataset.user_ids,
-                     buckets)
+    return Workspace(catalog_of(cfg, run, dataset, with_sids), make_split(dataset, cfg.data), buckets)

@@ -44,7 +44,7 @@ from genrec.evaluation.metrics import metric_sums
 from genrec.files import save_json
 from genrec.models.checkpoint import check_catalog, load_model
 from genrec.models.types import RankingMethod, RetrievalModel
-from genrec.rundir import RunDir
+from genrec.rundir import RESULTS, RunDir
 from genrec.workspace import Workspace, load_workspace
 
 logger = logging.getLogger(__name__)
@@ -160,12 +160,14 @@ def format_table(metrics: dict[str, float], ks: tuple[int, ...]) -> str:
 
 
 def evaluate_workspace(model: RetrievalModel, ws: Workspace, e: EvaluateConfig, dist: DistInfo, *, split: str,
-                       beam_size: int, ks: tuple[int, ...], methods: tuple[str, ...] = ()) -> EvalResult:
+                       beam_size: int, ks: tuple[int, ...], methods: tuple[str, ...] = (),
+                       progress: bool = False) -> EvalResult:
     """`evaluate_split` on a run's split with the settings of the `evaluate` section, sharded over processes."""
     return evaluate_split(model, ws.split.valid if split == "valid" else ws.split.test, ws.user_bucket, split=split,
                           beam_size=beam_size, ks=ks, methods=methods, batch_size=e.batch_size,
                           exclude_history=e.exclude_history, rank=dist.rank, world_size=dist.world_size,
-                          all_reduce=all_reduce_sum, progress=dist.is_main and sys.stderr.isatty(), dtype=e.dtype)
+                          all_reduce=all_reduce_sum, progress=progress and dist.is_main and sys.stderr.isatty(),
+                          dtype=e.dtype)
 
 
 def evaluate_run(cfg: Config, run: RunDir, out_dir: Path, dist: DistInfo, model_dir: Path | None = None
@@ -188,11 +190,12 @@ def evaluate_run(cfg: Config, run: RunDir, out_dir: Path, dist: DistInfo, model_
             logger.warning("%s: %.1f%% of targets are already in the user's history and cannot be hit with "
                            "evaluate.exclude_history=true; set it to false for data with repeat interactions",
                            split, 100 * repeats)
-        r = evaluate_workspace(model, ws, e, dist, split=split, beam_size=e.beam_size, ks=e.ks, methods=e.methods)
+        r = evaluate_workspace(model, ws, e, dist, split=split, beam_size=e.beam_size, ks=e.ks, methods=e.methods,
+                               progress=True)
         results["metrics"].update(r.metrics)
         results["omitted"].update(r.omitted)
         results["users"][split], results["seconds"][split] = r.users, round(r.seconds, 2)
         logger.info("%s: %d users in %.1f s", split, r.users, r.seconds)
     if dist.is_main:
-        save_json(out_dir / "results.json", results)
+        save_json(out_dir / RESULTS, results)
     return results

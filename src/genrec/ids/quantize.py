@@ -81,6 +81,8 @@ class Quantizer(Protocol):
 
     def save(self, directory: Path) -> None: ...
 
+    # and a classmethod `load(directory, *, num_levels, codebook_size)` that gives back the fitted quantizer
+
 
 QUANTIZERS: dict[str, Callable[[QuantizeConfig], Quantizer]] = {
     "rqkmeans": lambda cfg: RQKMeans(num_levels=cfg.num_levels, codebook_size=cfg.codebook_size, iters=cfg.iters,

@@ -34,7 +34,8 @@ class RankingMethod:
 
     name: str  # the metric key: "{split}/{name}/{metric}@{k}"
     complete: bool
-    # (batch, k, exclude_history) -> (item indices [B, k] best first, -1 where fewer; scores [B, k])
+    # (batch, k, exclude_history) -> (item indices [B, k'] best first, -1 where fewer; scores [B, k']), k' = k for
+    # a beam, min(k, catalogue size) for a complete ranking
     recommend: Callable[[Batch, int, bool], tuple[Tensor, Tensor]]
     # (batch with targets [B], k, exclude_history) -> 0-based rank of each target among the k items
     # `recommend` returns, MISS when it is not among them: [B]

@@ -26,7 +26,8 @@ NEG_INF = float("-inf")
 
 class CodeDecoder(Protocol):
     """A generative model as trie-constrained search sees it: a state for B users x W beams (trie nodes), and
-    the log-probabilities of the children of those nodes. States are values: each call returns a new one.
+    the log-probabilities of the children of those nodes. Each call returns the state to use from then on (the old
+one stays valid for the beams it had; a decoder may fill caches inside it).
 
     Shapes: B users, W beams, M children slots of a node at depth d, d codes so far."""
 
