@@ -267,8 +267,8 @@ def test_evaluating_a_method_the_model_does_not_offer_is_refused(finished_run, t
     overrides = [o for o in overrides if not o.startswith("run_dir=")] + [f"run_dir={copy}"]
     assert main(["evaluate", "-c", str(TINY), *overrides, "evaluate.methods=[exact,sasrec]"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.splitlines()[-1] == ("genrec: error: evaluate.methods names sasrec, which a Tiger does not offer; "
-                                    "choose from generative, exact")
+    assert err.splitlines()[-1] == ("genrec: error: evaluate.methods names sasrec, which model.kind=tiger does not "
+                                    "offer; choose from generative, exact")
     assert "Traceback" not in err
     assert not (copy / "evaluate.tmp").exists()
     assert (copy / "evaluate" / "results.json").read_bytes() == (run_dir / "evaluate" / "results.json").read_bytes()

@@ -143,9 +143,10 @@ def run(cfg: Config, dist: DistInfo, stages: tuple[str, ...] = STAGES, force: bo
         on_stage: Callable[[str, bool], None] | None = None) -> None:
     """Run `stages` in order, holding the run directory's lock; with force every one of them reruns."""
     offered = MODELS[cfg.model.kind].methods
-    if not set(cfg.evaluate.methods) <= set(offered):  # fail now, not after training
-        raise GenrecError(f"evaluate.methods={list(cfg.evaluate.methods)} names a method model.kind={cfg.model.kind} "
-                          f"does not offer; choose from {', '.join(offered)}")
+    unknown = [m for m in cfg.evaluate.methods if m not in offered]
+    if unknown:  # fail now, not after training
+        raise GenrecError(f"evaluate.methods names {', '.join(unknown)}, which model.kind={cfg.model.kind} does not "
+                          f"offer; choose from {', '.join(offered)}")
     rundir = RunDir(cfg.run_dir)
     error = None
     if dist.is_main:
