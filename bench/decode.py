@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import genrec
 from meta import machine, versions
 
 from genrec.config import TigerConfig

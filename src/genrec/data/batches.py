@@ -17,7 +17,6 @@ import torch
 from torch import Tensor
 
 
-
 @dataclass
 class Batch:
     """What every model reads: histories, and in training or evaluation the targets."""

@@ -24,10 +24,10 @@ import numpy as np
 
 from genrec.config import DataConfig
 from genrec.data.loaders import Dataset, load_amazon2014, load_p5
+from genrec.data.splits import Split, make_split
 from genrec.data.table import load_table
 from genrec.errors import GenrecError
 from genrec.files import write_bytes
-from genrec.data.splits import Split, make_split
 
 logger = logging.getLogger(__name__)
 

@@ -29,6 +29,7 @@ from genrec.rundir import CODES, EMBEDDINGS, ITEM_IDS, RAW_EMBEDDINGS, SIDS
 
 logger = logging.getLogger(__name__)
 
+
 def load_embeddings(embed_dir: Path, normalize: bool) -> np.ndarray:
     """The embed (or collab) stage's float32 [N, D] matrix; GenrecError when it is missing, unreadable or
     malformed."""

@@ -30,7 +30,6 @@ from torch import Tensor
 
 from genrec.files import save_npy
 
-
 logger = logging.getLogger(__name__)
 
 AllReduce = Callable[[Tensor], Tensor]  # sums a tensor over processes and returns the sum

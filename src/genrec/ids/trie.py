@@ -19,7 +19,6 @@ import torch
 from torch import Tensor
 
 
-
 @dataclass
 class Trie:
     child_start: list[Tensor]

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+
 @dataclass
 class Memory:
     """Encoder output turned into per-layer cross-attention keys and values, computed once per user."""

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from genrec.data.batches import Batch
 
+
 @dataclass
 class Output:
     loss: Tensor  # scalar training loss
