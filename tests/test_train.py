@@ -91,8 +91,16 @@ def test_distilled_training_runs_and_needs_the_collab_model(quantized, tmp_path,
     # the teacher took part: the same first batch from the same initial weights has another loss without it
     assert main(train_args(plain, 0.0)) == 0
     assert abs(losses(plain / "train" / "log.jsonl")[1] - distilled[1]) > 1e-3
-    shutil.rmtree(copy / "collab" / "sasrec" / "best")
+    # a corrupt teacher names the command that remakes it
+    weights = copy / "collab" / "sasrec" / "best" / "model.safetensors"
+    weights.write_bytes(b"garbage")
     shutil.rmtree(copy / "train")
+    capsys.readouterr()
+    assert main(train_args(copy, 0.5)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds a corrupt model" in err and "retrain with 'genrec collab --force'" in err
+    shutil.rmtree(copy / "collab" / "sasrec" / "best")
+    shutil.rmtree(copy / "train.partial", ignore_errors=True)
     capsys.readouterr()
     assert main(train_args(copy, 0.5)) == 2
     err = capsys.readouterr().err

@@ -113,10 +113,10 @@ def load_teacher(run: RunDir, ws: Workspace, device: str) -> nn.Module:
     if not (path / "model.safetensors").is_file():
         raise GenrecError(f"train.distill needs the collab stage's model, but {path} has none; "
                           f"run 'genrec collab' (or set train.distill=0)")
-    teacher = ckpt.load_model(path)
+    teacher = ckpt.load_model(path, remake="genrec collab --force")
     if not hasattr(teacher, "next_item_probs"):
         raise GenrecError(f"{path} holds no model that gives a next-item distribution; rerun 'genrec collab --force'")
-    ckpt.check_catalog(path, ws.catalog)
+    ckpt.check_catalog(path, ws.catalog, remake="genrec collab --force")
     return teacher.to(device).eval()
 
 

@@ -49,9 +49,10 @@ def save_model(model: nn.Module, directory: Path, *, catalog: Catalog,
     replace_dir(tmp, directory)
 
 
-def load_model(directory: Path, map_location: str = "cpu") -> nn.Module:
+def load_model(directory: Path, map_location: str = "cpu", *, remake: str = "genrec train --force") -> nn.Module:
     """Rebuild a model (any kind) from a model directory written by save_model, without touching the global RNG
-    (a resumed run that loads a model after restoring its RNG state must draw what the uninterrupted run drew)."""
+    (a resumed run that loads a model after restoring its RNG state must draw what the uninterrupted run drew).
+    `remake`: the command that makes this directory again, named in the errors."""
     directory = Path(directory)
     try:
         config = json.loads((directory / "config.json").read_text())
@@ -60,11 +61,11 @@ def load_model(directory: Path, map_location: str = "cpu") -> nn.Module:
         raise GenrecError(f"{directory} is not a genrec model directory ({Path(err.filename).name} is missing); "
                           f"train one with 'genrec train' or point to runs/<name>/train/best")
     except (json.JSONDecodeError, OSError, ValueError, SafetensorError) as err:
-        raise GenrecError(f"{directory} holds a corrupt model ({err}); retrain with 'genrec train --force'")
+        raise GenrecError(f"{directory} holds a corrupt model ({err}); retrain with '{remake}'")
     kind = config.get("kind")
     if kind not in MODELS or "meta" not in config:
         raise GenrecError(f"{directory}/config.json does not name a model kind genrec knows ({kind!r}; known: "
-                          f"{', '.join(MODELS)}); it was written by another version: retrain with 'genrec train --force'")
+                          f"{', '.join(MODELS)}); it was written by another version: retrain with '{remake}'")
     section_cls = type(getattr(ModelConfig(), kind))
     with torch.random.fork_rng(devices=[]):  # the random init is overwritten: leave the caller's RNG as it was
         model = model_from_checkpoint(kind, from_dict(section_cls, config["model"]), config["meta"])
@@ -72,7 +73,7 @@ def load_model(directory: Path, map_location: str = "cpu") -> nn.Module:
     return model.eval()
 
 
-def check_catalog(directory: Path, catalog: Catalog) -> None:
+def check_catalog(directory: Path, catalog: Catalog, *, remake: str = "genrec train --force") -> None:
     """Fail if the model at `directory` was trained on other items (or, for a generative model, other semantic
     IDs) than `catalog`'s."""
     config = json.loads((Path(directory) / "config.json").read_text())
@@ -82,7 +83,7 @@ def check_catalog(directory: Path, catalog: Catalog) -> None:
         raise GenrecError(
             f"the model in {directory} was trained on a different catalogue ({config['meta']['num_items']} items, "
             f"fingerprint {config['catalog']}) than the current {what} ({catalog.num_items} items, fingerprint "
-            f"{current}); retrain with 'genrec train --force'")
+            f"{current}); retrain with '{remake}'")
 
 
 def rng_state() -> dict[str, Any]:
