@@ -14,7 +14,6 @@ from genrec.data.prepare import load_prepared
 from genrec.data.splits import Split, make_split
 from genrec.errors import GenrecError
 from genrec.ids.catalog import Catalog
-from genrec.ids.trie import build_trie
 from genrec.rundir import RunDir
 
 
@@ -37,16 +36,21 @@ def load_sids(run: RunDir, num_items: int, codebook_size: int) -> np.ndarray:
         raise GenrecError(f"{path} covers {sids.shape[0]} items but the catalog has {num_items}; {rerun}")
     if sids[:, :-1].max() >= codebook_size:
         raise GenrecError(f"{path} has codes >= quantize.codebook_size={codebook_size}; {rerun}")
-    try:
-        build_trie(sids)
-    except ValueError as err:
-        raise GenrecError(f"{path}: {err}; {rerun} so that the extra level makes every ID unique")
     return sids.astype(np.int64)
 
 
 def catalog_of(cfg: Config, run: RunDir, dataset: Dataset, with_sids: bool = True) -> Catalog:
-    sids = load_sids(run, len(dataset.item_ids), cfg.quantize.codebook_size) if with_sids else None
-    return Catalog(dataset.item_ids, dataset.items, sids, cfg.quantize.codebook_size)
+    """The catalogue of `dataset`, with the run's semantic IDs and their trie when `with_sids`; the trie is built
+    here, once, because building it is also the check that every ID is unique."""
+    catalog = Catalog(dataset.item_ids, dataset.items, None, cfg.quantize.codebook_size)
+    if with_sids:
+        catalog.sids = load_sids(run, len(dataset.item_ids), cfg.quantize.codebook_size)
+        try:
+            catalog.trie  # noqa: B018  builds and keeps it
+        except ValueError as err:
+            raise GenrecError(f"{run.sids}: {err}; rerun 'genrec quantize' (or pass --force) so that the extra "
+                              f"level makes every ID unique") from None
+    return catalog
 
 
 def load_workspace(cfg: Config, run: RunDir, with_sids: bool = True) -> Workspace:
