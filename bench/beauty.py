@@ -2,15 +2,19 @@
 
     GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=100000000000 \
         python bench/beauty.py [-c configs/beauty.yaml] [overrides ...] [--baseline configs/beauty-sasrec.yaml]
-                               [--seeds 0 1 2 [--reuse bench/results/beauty.json]] [--out ...]
+                               [--seeds 0 1 2 [--reuse bench/results/beauty.json]] [--threads N] [--out ...]
+    python bench/beauty.py --merge bench/results/beauty.json beauty_seed1.json ... [--out bench/results/beauty_seeds.json]
 
 Runs every stage (prepare, embed, collab, quantize, train, evaluate) of each recipe into a fresh run directory
 (runs/bench-<recipe name>[-seed<k>], deleted first), then writes the wall time of each stage (of the first
 recipe; the baseline's under "baseline"), the peak resident memory, and every metric of both as flat keys
 "{split}/{method}/{metric}@{k}" (split: valid, test; method: generative, sasrec) together with the command,
-machine and versions. With --seeds, each seed runs both recipes and the metrics become mean, std and values
+machine and versions. Every metric is reported under both protocols: "metrics" with the user's history items
+removed from the ranking, "metrics_with_history" with them kept (the protocol of most published numbers).
+With --seeds, each seed runs both recipes and the metrics become mean, std and values
 (bench/results/beauty_seeds.json); --reuse takes one of those seeds from an earlier single-seed result of the same
-recipes and settings (checked) instead of running it again.
+recipes and settings (checked) instead of running it again. --merge builds the same file from single-seed results
+of one recipe that differ only in their seeds (e.g. seeds run side by side, one core each with --threads 1).
 """
 
 from __future__ import annotations
@@ -25,11 +29,12 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from meta import machine, versions
 
 from genrec.config import load_config, to_dict
 from genrec.distributed import DistInfo
-from genrec.evaluation.evaluator import format_table
+from genrec.evaluation.evaluator import format_results
 from genrec.pipeline import run
 from genrec.rundir import STAGES, RunDir
 
@@ -52,10 +57,11 @@ def run_recipe(config: str, overrides: list[str]) -> dict:
     run_dir = RunDir(cfg.run_dir)
     results = json.loads(run_dir.results.read_text())
     train = json.loads((run_dir.stage("train") / "summary.json").read_text())
-    print(format_table(results["metrics"], cfg.evaluate.ks))
+    print(format_results(results, cfg.evaluate.ks))
     print(f"{config}: wall seconds {wall}", flush=True)
     return {"config_file": config, "run_dir": str(cfg.run_dir), "seed": cfg.train.seed, "wall_seconds": wall,
-            "metrics": results["metrics"], "omitted": results["omitted"], "train": train, "config": to_dict(cfg)}
+            "metrics": results["metrics"], "metrics_with_history": results.get("metrics_with_history", {}),
+            "omitted": results["omitted"], "train": train, "config": to_dict(cfg)}
 
 
 def recipe_overrides(recipe: str, main: str, extra: list[str], seed: int | None) -> list[str]:
@@ -73,8 +79,9 @@ def reused_row(path: str, recipes: list[str], extra: list[str]) -> tuple[int, li
         seed, parts = saved["seed"], [saved] + ([saved["baseline"]] if "baseline" in saved else [])
     except (OSError, ValueError, KeyError) as e:
         sys.exit(f"--reuse {path}: not a single-seed result of bench/beauty.py ({e}); drop --reuse to rerun every seed")
-    if len(parts) != len(recipes):
+    if len(parts) < len(recipes):
         sys.exit(f"--reuse {path}: it holds {len(parts)} recipe(s), this run has {len(recipes)}; drop --reuse")
+    parts = parts[: len(recipes)]
     row = []
     for recipe, part in zip(recipes, parts):
         expected = to_dict(load_config(recipe, recipe_overrides(recipe, recipes[0], extra, seed)))
@@ -88,6 +95,8 @@ def reused_row(path: str, recipes: list[str], extra: list[str]) -> tuple[int, li
         method = "generative" if part is saved else "sasrec"
         row.append({"config_file": recipe, "seed": seed, "wall_seconds": part["wall_seconds"],
                     "metrics": {k: v for k, v in saved["metrics"].items() if k.split("/")[1] == method},
+                    "metrics_with_history": {k: v for k, v in saved.get("metrics_with_history", {}).items()
+                                             if k.split("/")[1] == method},
                     "train": part["train"], "config": part["config"],
                     "reused_from": {"path": path, "command": saved["command"], "versions": saved["versions"]}})
     return seed, row
@@ -105,6 +114,25 @@ def summarize(per_seed: list[dict]) -> dict:
     return out
 
 
+def merge(paths: list[str], out_path: str) -> None:
+    """The seeds file from single-seed results of the main recipe whose settings differ only in seeds."""
+    parts = [json.loads(Path(path).read_text()) for path in paths]
+    strip = lambda c: {k: {kk: vv for kk, vv in v.items() if kk != "seed"} if isinstance(v, dict) else v  # noqa: E731
+                       for k, v in c.items() if k != "run_dir"}
+    for path, part in zip(paths[1:], parts[1:]):
+        if strip(part["config"]) != strip(parts[0]["config"]):
+            sys.exit(f"--merge: {path} has other settings than {paths[0]} (beyond the seeds); merge like with like")
+    main_only = lambda m: {k: v for k, v in m.items() if k.split("/")[1] != "sasrec"}  # noqa: E731
+    out = {"command": " ".join([os.path.basename(sys.executable), *sys.argv]), "merged_from": paths,
+           "machine": [p["machine"] for p in parts], "versions": [p["versions"] for p in parts],
+           "seeds": [p["seed"] for p in parts], "wall_seconds": [p["wall_seconds"] for p in parts],
+           "metrics": summarize([{"metrics": main_only(p["metrics"])} for p in parts]),
+           "metrics_with_history": summarize([{"metrics": main_only(p["metrics_with_history"])} for p in parts]),
+           "runs": [{k: p[k] for k in ("command", "seed", "wall_seconds", "train", "config")} for p in parts]}
+    Path(out_path).write_text(json.dumps(out, indent=2))
+    print(f"wrote {out_path}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-c", "--config", default="configs/beauty.yaml", help="recipe (default configs/beauty.yaml)")
@@ -118,7 +146,14 @@ def main() -> None:
     p.add_argument("--reuse", default="",
                    help="with --seeds: take one seed from a single-seed result of the same recipes and settings "
                         "(e.g. bench/results/beauty.json) instead of rerunning it")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="write the seeds file from single-seed results of one recipe instead of running anything")
     args = p.parse_args()
+    if args.merge:
+        return merge(args.merge, args.out or "bench/results/beauty_seeds.json")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     code_versions = versions()  # the code that runs, before anything changes
     recipes = [args.config] + ([args.baseline] if args.baseline else [])
@@ -143,11 +178,14 @@ def main() -> None:
         out["seeds"] = seeds
         out["wall_seconds"] = {r["config_file"]: [row[i]["wall_seconds"] for row in runs] for i, r in enumerate(runs[0])}
         out["metrics"] = summarize([{"metrics": {k: v for r in row for k, v in r["metrics"].items()}} for row in runs])
+        out["metrics_with_history"] = summarize([{"metrics": {k: v for r in row for k, v in
+                                                              r["metrics_with_history"].items()}} for row in runs])
         out["runs"] = runs
         default = "bench/results/beauty_seeds.json"
     else:
         out.update({"seed": head["seed"], "wall_seconds": head["wall_seconds"],
                     "metrics": {k: v for r in runs[0] for k, v in r["metrics"].items()},
+                    "metrics_with_history": {k: v for r in runs[0] for k, v in r["metrics_with_history"].items()},
                     "omitted": {k: v for r in runs[0] for k, v in r["omitted"].items()},
                     "train": head["train"], "config": head["config"]})
         if len(runs[0]) > 1:

@@ -23,7 +23,7 @@ def same_keys(recipe: dict, defaults: dict, where: str = "") -> list[str]:
 
 def test_shipped_recipes_load_and_are_complete():
     defaults = to_dict(Config())
-    for name in ("beauty.yaml", "beauty-tiger-paper.yaml", "beauty-sasrec.yaml", "tiny.yaml"):
+    for name in ("beauty.yaml", "beauty-tiger-paper.yaml", "beauty-sasrec.yaml", "tiny.yaml", "bookshop.yaml"):
         recipe = yaml.safe_load((REPO / "configs" / name).read_text())
         assert same_keys(recipe, defaults) == [], name  # every section, model.tiger and model.sasrec too
         load_config(REPO / "configs" / name)
@@ -58,6 +58,8 @@ def test_overrides_and_types():
     ("data.format=table", "needs data.interactions"),
     ("evaluate.splits=[train]", "evaluate.splits must be a subset"),
     ("train.distill=1.5", "train.distill must be in [0, 1]"),
+    ("quantize.codebook_size=1", "quantize.codebook_size must be at least 2"),
+    ("data.min_rating=3", "data.min_rating=3.0 needs data.rating_column"),
 ])
 def test_bad_settings_fail_with_a_clear_message(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -68,9 +70,18 @@ def test_bad_files(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
-    bad.write_text("train: [1, 2\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    bad.write_text("run_dir: x\ntrain:\n  lr: [1, 2\n  seed: 3\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml is not valid YAML at line 4, column 7: expected ',' or ']'"):
         load_config(bad)
+
+
+def test_text_overrides_are_taken_as_written():
+    """A text setting such as a template holds ': ', which YAML would read as a mapping."""
+    cfg = load_config(None, ["embed.template=Title: {title}; Genre: {genre}", "run_dir=runs/a: b"])
+    assert cfg.embed.template == "Title: {title}; Genre: {genre}" and cfg.run_dir == "runs/a: b"
+    assert load_config(None, ["evaluate.ks=[5, 10]"]).evaluate.ks == (5, 10)
+    with pytest.raises(ConfigError, match=r"override 'evaluate.ks=\[5, 10': the value is not valid YAML"):
+        load_config(None, ["evaluate.ks=[5, 10"])
 
 
 def test_distillation_needs_the_collab_teacher():

@@ -12,6 +12,7 @@ ROOT = Path(genrec.__file__).parent
 # Lower layers never import higher ones; a module may import its own layer and any below it.
 LAYERS = {
     "genrec.errors": 0, "genrec.files": 0, "genrec.config": 0, "genrec.distributed": 0, "genrec.rundir": 0,
+    "genrec.provenance": 0, "genrec.plots": 0, "genrec.rules": 0,
     "genrec.data": 1, "genrec.ids": 2, "genrec.workspace": 3, "genrec.search": 3, "genrec.models": 4,
     "genrec.evaluation": 5, "genrec.train": 6, "genrec.stages": 7, "genrec.pipeline": 8, "genrec.serve": 8,
     "genrec.cli": 9, "genrec": 9,

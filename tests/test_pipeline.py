@@ -11,6 +11,8 @@ import subprocess
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, TINY
+from tiny_tiger import brute_force_scores
 
 from genrec.cli import main
 from genrec.config import load_config
@@ -24,37 +26,40 @@ from genrec.models.checkpoint import check_catalog, load_model
 from genrec.models.sasrec import SASRec
 from genrec.rundir import RunDir
 from genrec.search import beam_search
-from genrec.serve.recommend import recommend
+from genrec.serve.recommender import Recommender
 from genrec.workspace import load_workspace
 
-from conftest import REPO, TINY
-from tiny_tiger import brute_force_scores
 
-
-def printed_metrics(stdout: str) -> dict[str, str]:
-    """The results table `genrec evaluate` prints, as metric key -> the text printed for it ('-': not reported)."""
+def printed_metrics(stdout: str) -> list[dict[str, str]]:
+    """The results tables `genrec evaluate` prints (one per protocol), each as metric key -> the text printed
+    for it ('-': not reported)."""
     lines = stdout.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("split/method"))
-    columns = [({"R": "recall", "N": "ndcg"}[c[0]], c.split("@")[1]) for c in lines[start].split()[1:]]
-    assert set(lines[start + 1]) == {"-"}
-    out = {}
-    for line in lines[start + 2 :]:
-        if not line.strip() or line.startswith("not reported"):
-            break
-        row, *values = line.split()
-        assert len(values) == len(columns), line
-        out.update({f"{row}/{metric}@{k}": v for (metric, k), v in zip(columns, values)})
-    return out
+    tables = []
+    for start in (i for i, line in enumerate(lines) if line.startswith("split/method")):
+        columns = [({"R": "recall", "N": "ndcg"}[c[0]], c.split("@")[1]) for c in lines[start].split()[1:]]
+        assert set(lines[start + 1]) == {"-"}
+        out = {}
+        for line in lines[start + 2 :]:
+            if not line.strip() or line.startswith("not reported"):
+                break
+            row, *values = line.split()
+            assert len(values) == len(columns), line
+            out.update({f"{row}/{metric}@{k}": v for (metric, k), v in zip(columns, values)})
+        tables.append(out)
+    return tables
 
 
 def assert_table_is_results(stdout: str, results: dict) -> None:
-    """Every number printed is the one in results.json, to the 4 places printed, and nothing is missing."""
-    printed = printed_metrics(stdout)
-    shown = {key: text for key, text in printed.items() if text != "-"}
-    assert shown.keys() == results["metrics"].keys()
-    for key, text in shown.items():
-        assert text == f"{results['metrics'][key]:.4f}", key
-    assert {key for key, text in printed.items() if text == "-"} == results["omitted"].keys()
+    """Every number printed is the one in results.json, to the 4 places printed, under each protocol (history
+    removed, then kept), and nothing is missing."""
+    tables = printed_metrics(stdout)
+    assert len(tables) == 2 and "history items removed" in stdout and "history items kept" in stdout
+    for printed, key in zip(tables, ("metrics", "metrics_with_history")):
+        shown = {metric: text for metric, text in printed.items() if text != "-"}
+        assert shown.keys() == results[key].keys()
+        for metric, text in shown.items():
+            assert text == f"{results[key][metric]:.4f}", metric
+        assert {metric for metric, text in printed.items() if text == "-"} == results["omitted"].keys()
     for key, reason in results["omitted"].items():
         head, k = key.rsplit("/", 1)[0], key.rsplit("@", 1)[1]
         assert f"not reported: {head} @{k}: {reason}" in stdout
@@ -71,7 +76,7 @@ def finished_run(tmp_path_factory, tiny_data):
     float32 on every machine (not bfloat16 where the CPU has it), so that its metrics can be recomputed exactly."""
     run_dir = tmp_path_factory.mktemp("tiny-run") / "run"
     overrides = [f"run_dir={run_dir}", f"data.path={tiny_data}", "train.max_steps=80", "train.eval_every=40",
-                 "train.warmup_steps=5", "train.batch_size=16", "evaluate.dtype=float32"]
+                 "train.warmup_steps=5", "train.batch_size=16", "evaluate.dtype=float32", "evaluate.rankings_k=20"]
     assert main(["run", "-c", str(TINY), *overrides]) == 0
     return run_dir, overrides
 
@@ -87,6 +92,13 @@ def test_run_writes_every_artifact_and_metrics(finished_run, capsys):
                  "train/best/config.json", "train/best/model.safetensors", "train/log.jsonl", "evaluate/results.json"]:
         assert (run_dir / path).exists(), path
     assert not list(run_dir.glob("*.tmp")) and not list(run_dir.glob("*.partial"))
+    made = json.loads((run_dir / "provenance.json").read_text())  # where the numbers came from
+    assert list(made) == ["prepare", "embed", "collab", "quantize", "train", "evaluate"]
+    for stage, record in made.items():
+        assert record["seconds"] == json.loads((run_dir / stage / "stage.json").read_text())["seconds"] >= 0
+        assert record["versions"]["torch"] == torch.__version__ and record["versions"]["genrec"]
+        assert record["machine"]["cores"] >= 1 and record["processes"] == 1
+    assert len(made["train"]["versions"]["genrec_commit"] or "") in (0, 40)
     results = json.loads((run_dir / "evaluate" / "results.json").read_text())
     assert results["methods"] == ["generative", "exact"] and results["omitted"] == {}
     assert results["dtype"] == "float32" and results["beam_size"] == 20 and results["num_items"] == 64
@@ -107,23 +119,62 @@ def test_run_writes_every_artifact_and_metrics(finished_run, capsys):
             scores[b, [i for i in h if i >= 0]] = float("-inf")
         own = scores.gather(1, batch.targets[:, None])[:, 0]
         exact = (scores > own[:, None]).sum(1)
-        items = beam_search(model.code_decoder(trie), batch, trie, beam_size=cfg.evaluate.beam_size,
-                            exclude_history=True).items
-        hit = items == batch.targets[:, None]
-        generative = torch.where(hit.any(1), hit.float().argmax(1), 10**9)
-        for method, ranks in (("exact", exact), ("generative", generative)):
-            for k in cfg.evaluate.ks:
-                inside = ranks < k
-                ndcg = torch.where(inside, 1 / torch.log2(ranks.double() + 2), 0.0).mean()
-                assert results["metrics"][f"{split}/{method}/recall@{k}"] == pytest.approx(
-                    float(inside.double().mean()), abs=1e-9), (split, method, k)
-                assert results["metrics"][f"{split}/{method}/ndcg@{k}"] == pytest.approx(float(ndcg), abs=1e-9)
+        kept = (brute_force_scores(model, batch) > own[:, None]).sum(1)  # the same scores, history kept
+        for exclude, key in ((True, "metrics"), (False, "metrics_with_history")):
+            items = beam_search(model.code_decoder(trie), batch, trie, beam_size=cfg.evaluate.beam_size,
+                                exclude_history=exclude).items
+            hit = items == batch.targets[:, None]
+            generative = torch.where(hit.any(1), hit.float().argmax(1), 10**9)
+            for method, ranks in (("exact", exact if exclude else kept), ("generative", generative)):
+                for k in cfg.evaluate.ks:
+                    inside = ranks < k
+                    ndcg = torch.where(inside, 1 / torch.log2(ranks.double() + 2), 0.0).mean()
+                    assert results[key][f"{split}/{method}/recall@{k}"] == pytest.approx(
+                        float(inside.double().mean()), abs=1e-9), (split, method, k, key)
+                    assert results[key][f"{split}/{method}/ndcg@{k}"] == pytest.approx(float(ndcg), abs=1e-9)
+    # keeping history items in the ranking can only push targets down (no target repeats a history item here)
+    for key, value in results["metrics"].items():
+        assert results["metrics_with_history"][key] <= value + 1e-12, key
+    assert results["metrics_with_history"]["test/exact/recall@5"] < results["metrics"]["test/exact/recall@5"]
     # the synthetic data is learnable: far above chance (10 of 64 items = 0.16)
     assert results["metrics"]["test/exact/recall@10"] > 0.35
     # asking again prints the table of results.json without rerunning anything
     capsys.readouterr()
     assert main(["evaluate", "-c", str(TINY), *overrides]) == 0
     assert_table_is_results(capsys.readouterr().out, results)
+
+
+def test_rankings_file_recomputes_the_metrics(finished_run):
+    """evaluate.rankings_k writes every user's top list per split, method and protocol with external IDs; the
+    metrics recomputed from that file with pandas alone are the evaluator's."""
+    import pandas as pd
+
+    run_dir, overrides = finished_run
+    results = json.loads((run_dir / "evaluate" / "results.json").read_text())
+    rankings = pd.read_json(run_dir / "evaluate" / "rankings.jsonl", lines=True, dtype={"user": str, "target": str})
+    dataset = load_prepared(run_dir / "prepare")
+    assert set(rankings["user"]) <= set(dataset.user_ids) and set(rankings["target"]) <= set(dataset.item_ids)
+    groups = rankings.groupby(["split", "method", "exclude_history"])
+    assert len(groups) == 2 * 2 * 2 and (groups.size() == 120).all()  # every user, once per list
+    assert rankings["items"].map(len).eq(20).all()
+    assert all(list(s) == sorted(s, reverse=True) for s in rankings["scores"])
+    for (split, method, exclude), rows in groups:
+        key = "metrics" if exclude else "metrics_with_history"
+        ranks = [items.index(t) if t in items else 10**9 for items, t in zip(rows["items"], rows["target"])]
+        for k in (5, 10, 20):
+            recall = np.mean([r < k for r in ranks])
+            ndcg = np.mean([1 / np.log2(r + 2) if r < k else 0.0 for r in ranks])
+            assert results[key][f"{split}/{method}/recall@{k}"] == pytest.approx(recall, abs=1e-12)
+            assert results[key][f"{split}/{method}/ndcg@{k}"] == pytest.approx(ndcg, abs=1e-12)
+    sequence = dict(zip(dataset.user_ids, dataset.sequences))
+    index = {item: i for i, item in enumerate(dataset.item_ids)}
+    H = load_config(TINY, overrides).data.max_history
+    with_history_items = {True: 0, False: 0}
+    for split, user, items, exclude in zip(rankings["split"], rankings["user"], rankings["items"],
+                                           rankings["exclude_history"]):
+        history = sequence[user][: -2 if split == "valid" else -1][-H:].tolist()  # what the model was given
+        with_history_items[exclude] += bool({index[i] for i in items} & set(history))
+    assert with_history_items[True] == 0 and with_history_items[False] > 0
 
 
 def test_second_run_skips_everything_and_changes_rerun_downstream(finished_run, tmp_path):
@@ -231,9 +282,9 @@ def test_recommend_by_history_and_user(finished_run, capsys):
     # recommendations as the Python API, rank, item, log p and title
     assert main(["recommend", "-c", str(TINY), *overrides, "--user", "U00003", "-k", "3"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["rank", "item", "log", "p", "title"]
+    assert out[0].split() == ["rank", "item", "score", "title"]
     cfg = load_config(TINY, overrides)
-    expected = recommend(cfg, k=3, user="U00003")
+    expected = Recommender.load(run_dir).recommend_user("U00003", k=3)
     assert len(out) == 1 + len(expected) == 4
     for line, r in zip(out[1:], expected):
         rank, item, score, title = line.split(maxsplit=3)
@@ -249,9 +300,10 @@ def test_recommend_by_history_and_user(finished_run, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--history", "NOPE1", "NOPE2"], "unknown item IDs in the history: NOPE1, NOPE2"),
+    (["--history", "NOPE1", "NOPE2"], "unknown item IDs in history 0: NOPE1, NOPE2"),
     (["--user", "nobody"], "user 'nobody' is not in"),
-    (["--history", "S00000", "-k", "0"], "k must be at least 1"),
+    (["--history", "S00000", "-k", "0"], "k must be between 1 and the catalogue's 64 items, got 0"),
+    (["--history", "S00000", "-k", "500"], "k must be between 1 and the catalogue's 64 items, got 500"),
 ])
 def test_recommend_bad_input(finished_run, capsys, args, message):
     _, overrides = finished_run

@@ -84,9 +84,9 @@ def test_config_yaml_holds_only_the_settings_the_outputs_were_made_with(small_ru
     assert main(["run", "-c", str(TINY), *overrides, f"data.path={tmp_path / 'missing'}"]) == 2
     assert (copy / "config.yaml").read_text() == text
     # new semantic IDs: the model and the metrics were made from the old ones, so their settings leave config.yaml
-    assert main(["quantize", "-c", str(TINY), *overrides, "quantize.codebook_size=4"]) == 0
+    assert main(["quantize", "-c", str(TINY), *overrides, "quantize.codebook_size=7"]) == 0
     recorded = yaml.safe_load((copy / "config.yaml").read_text())
-    assert recorded["quantize"]["codebook_size"] == 4 and "train" not in recorded and "evaluate" not in recorded
+    assert recorded["quantize"]["codebook_size"] == 7 and "train" not in recorded and "evaluate" not in recorded
     assert "tiger" not in recorded["model"] and recorded["model"]["sasrec"] == to_dict(before.model.sasrec)
 
 

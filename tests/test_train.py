@@ -223,3 +223,20 @@ def test_optimizer_schedule_and_weight_decay_groups():
     assert factor(4) == 1.0 and factor(8) == pytest.approx(0.5 * (1 + math.cos(math.pi / 2)))
     assert factor(12) == pytest.approx(0.0) and factor(20) == pytest.approx(0.0)  # cosine to 0 at max_steps
     assert opt.param_groups[0]["lr"] == pytest.approx(0.5 * 0.25)
+
+
+def test_progress_without_a_terminal_is_a_plain_line_every_n_steps(caplog):
+    """Off a terminal (a log file, CI) training reports every `every` steps: step, smoothed loss, rate, ETA."""
+    import logging
+
+    from genrec.train import Progress
+
+    progress = Progress(True, total=10, start=0, every=5)
+    assert progress.bar is None  # pytest's stderr is not a terminal
+    with caplog.at_level(logging.INFO, logger="genrec.train"):
+        for step in range(1, 11):
+            progress.update(step, 2.0)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and lines[0].startswith("step 5/10  loss 2.0000") and "ETA" in lines[0]
+    assert lines[1].startswith("step 10/10") and lines[1].endswith("ETA 0m00s")
+    Progress(False, total=10, start=0, every=1).update(1, 1.0)  # other processes print nothing

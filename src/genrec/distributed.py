@@ -57,6 +57,15 @@ def broadcast_object(obj: object) -> object:
     return box[0]
 
 
+def gather_objects(obj: object) -> list[object]:
+    """Every rank's value, in rank order, on every rank ([obj] in one process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

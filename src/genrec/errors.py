@@ -9,3 +9,7 @@ from __future__ import annotations
 
 class GenrecError(Exception):
     """A user-facing error whose message is one actionable line."""
+
+
+class ConfigError(GenrecError):
+    """A recipe or an override is invalid; the message says which key and how to fix it."""

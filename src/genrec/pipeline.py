@@ -17,6 +17,7 @@ import logging
 import shutil
 import time
 import uuid
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 import yaml
@@ -26,6 +27,7 @@ from genrec.distributed import DistInfo, barrier, broadcast_object
 from genrec.errors import GenrecError
 from genrec.files import replace_dir, save_json, write_bytes
 from genrec.models.registry import MODELS
+from genrec.provenance import machine, versions
 from genrec.rundir import PARTIAL_STAMP, STAGES, STAMP, RunDir
 from genrec.stages import RUN
 
@@ -34,8 +36,18 @@ logger = logging.getLogger(__name__)
 DISTRIBUTED = {"collab", "train", "evaluate"}  # the others run on rank 0 while the rest wait
 
 
+def unneeded(cfg: Config, stage: str) -> str | None:
+    """Why a stage has nothing to do for this recipe (it then finishes at once, empty), or None."""
+    if stage in ("embed", "collab", "quantize") and not MODELS[cfg.model.kind].uses_sids:
+        return f"model.kind={cfg.model.kind} uses no semantic IDs"
+    return None
+
+
 def settings(cfg: Config, stage: str) -> dict[str, Any]:
     """The settings a stage depends on, by dotted section name (a disabled collab stage depends on nothing else)."""
+    reason = unneeded(cfg, stage)
+    if reason is not None:
+        return {"skipped": reason}
     collab = {"collab": cfg.collab, "model.sasrec": cfg.model.sasrec} if cfg.collab.enabled else \
         {"collab.enabled": False}
     by_stage = {"prepare": {"data": cfg.data}, "embed": {"embed": cfg.embed}, "collab": collab,
@@ -86,10 +98,14 @@ def current_stamps(run: RunDir) -> list[dict[str, Any]]:
 
 
 def write_config(run: RunDir) -> None:
-    """config.yaml from the current stages' stamps: the settings their outputs were made with."""
+    """config.yaml from the current stages' stamps: the settings their outputs were made with; provenance.json:
+    for each of those stages its wall time, when it finished, the genrec version and commit, the library
+    versions and the machine."""
     values: dict[str, Any] = {"run_dir": str(run.root)}
     for stamp in current_stamps(run):
         for name, value in (stamp.get("settings") or {}).items():
+            if name == "skipped":  # a stage with nothing to do for this recipe used no setting
+                continue
             node = values
             *parents, last = name.split(".")
             for key in parents:
@@ -97,6 +113,9 @@ def write_config(run: RunDir) -> None:
             node[last] = value
     header = "# the settings the current outputs of this run directory were made with (written by genrec)\n"
     write_bytes(run.config, (header + yaml.safe_dump(values, sort_keys=False)).encode())
+    made = {stamp["stage"]: {key: stamp.get(key) for key in ("seconds", "finished", "versions", "machine", "processes")}
+            for stamp in current_stamps(run)}
+    save_json(run.provenance, made)
 
 
 def run_stage(cfg: Config, stage: str, dist: DistInfo, force: bool = False) -> bool:
@@ -119,7 +138,10 @@ def run_stage(cfg: Config, stage: str, dist: DistInfo, force: bool = False) -> b
     logger.info("%s: running", stage)
     start = time.perf_counter()
     error = None
-    if dist.is_main or stage in DISTRIBUTED:
+    reason = unneeded(cfg, stage)
+    if reason is not None:
+        logger.info("%s: not needed (%s)", stage, reason)
+    elif dist.is_main or stage in DISTRIBUTED:
         try:
             RUN[stage](cfg, run, work, dist)
         except GenrecError as err:
@@ -132,11 +154,28 @@ def run_stage(cfg: Config, stage: str, dist: DistInfo, force: bool = False) -> b
     barrier()
     if dist.is_main:
         (work / PARTIAL_STAMP).unlink()
-        save_json(work / STAMP, {**want, "id": uuid.uuid4().hex, "seconds": round(time.perf_counter() - start, 2)})
+        save_json(work / STAMP, {**want, "id": uuid.uuid4().hex, "seconds": round(time.perf_counter() - start, 2),
+                                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                 "versions": versions(), "machine": machine(), "processes": dist.world_size})
         replace_dir(work, run.stage(stage))
     barrier()
     logger.info("%s: done in %.1f s", stage, time.perf_counter() - start)
     return True
+
+
+def check_devices(cfg: Config, stages: tuple[str, ...]) -> None:
+    """Fail before anything runs when a stage is set to a device this machine does not have."""
+    import torch
+
+    device = cfg.embed.device
+    if "embed" in stages and unneeded(cfg, "embed") is None:
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise GenrecError(f"embed.device={device} but this machine has no CUDA GPU torch can use; set "
+                              f"embed.device=cpu")
+        if device.startswith("mps") and not torch.backends.mps.is_available():
+            raise GenrecError(f"embed.device={device} but this machine has no Apple GPU; set embed.device=cpu")
+        if device.split(":")[0] not in ("cpu", "cuda", "mps"):
+            raise GenrecError(f"embed.device={device!r} is not a device torch knows; use cpu, cuda or cuda:<n>")
 
 
 def run(cfg: Config, dist: DistInfo, stages: tuple[str, ...] = STAGES, force: bool = False,
@@ -147,7 +186,10 @@ def run(cfg: Config, dist: DistInfo, stages: tuple[str, ...] = STAGES, force: bo
     if unknown:  # fail now, not after training
         raise GenrecError(f"evaluate.methods names {', '.join(unknown)}, which model.kind={cfg.model.kind} does not "
                           f"offer; choose from {', '.join(offered)}")
+    check_devices(cfg, stages)
     rundir = RunDir(cfg.run_dir)
+    if rundir.root.exists() and not rundir.root.is_dir():
+        raise GenrecError(f"run_dir={cfg.run_dir} is a file, not a directory; pass another run_dir=...")
     error = None
     if dist.is_main:
         try:

@@ -32,6 +32,7 @@ SIDS = "codes_with_suffix.npy"  # quantize: [N, L + 1] semantic IDs, the collisi
 STAMP = "stage.json"
 PARTIAL_STAMP = "stage.partial.json"  # in a work directory: the stamp it will get, so training can resume
 RESULTS = "results.json"  # evaluate: every metric
+RANKINGS = "rankings.jsonl"  # evaluate (with evaluate.rankings_k): every user's top list per split, method, protocol
 SASREC = "sasrec"  # collab: the SASRec's training directory (its selected model in sasrec/best)
 MODEL = "best"  # train (and collab's SASRec run): the selected model's directory
 
@@ -61,6 +62,11 @@ class RunDir:
     @property
     def config(self) -> Path:
         return self.root / "config.yaml"
+
+    @property
+    def provenance(self) -> Path:
+        """Per finished stage: wall time, when it finished, versions (genrec commit included) and machine."""
+        return self.root / "provenance.json"
 
     @property
     def prepared(self) -> Path:

@@ -10,7 +10,7 @@ from typing import Any
 
 from genrec.config import Config, ModelConfig, TrainConfig
 from genrec.distributed import DistInfo
-from genrec.rundir import MODEL, SASREC, RunDir
+from genrec.rundir import EMBEDDINGS, MODEL, SASREC, RunDir
 
 logger = logging.getLogger(__name__)
 
@@ -23,10 +23,11 @@ def prepare(cfg: Config, run: RunDir, out_dir: Path, dist: DistInfo) -> Any:
 
 def embed(cfg: Config, run: RunDir, out_dir: Path, dist: DistInfo) -> Any:
     from genrec.data.prepare import load_prepared
-    from genrec.ids.embed import embed
+    from genrec.ids.embed import embed, resolve_template
 
     dataset = load_prepared(run.prepared)
-    return embed(cfg.embed, dataset.items, dataset.item_ids, out_dir)
+    section = dataclasses.replace(cfg.embed, template=resolve_template(cfg.embed.template, cfg.data.format))
+    return embed(section, dataset.items, dataset.item_ids, out_dir)
 
 
 def sasrec_config(cfg: Config) -> Config:
@@ -44,6 +45,8 @@ def collab(cfg: Config, run: RunDir, out_dir: Path, dist: DistInfo) -> Any:
     """Train the SASRec, then write its item embeddings (rarely seen items borrowed from their text neighbours)."""
     if not cfg.collab.enabled:
         return {}
+    import numpy as np
+
     from genrec.data.prepare import load_prepared
     from genrec.data.splits import make_split
     from genrec.files import save_json
@@ -61,6 +64,11 @@ def collab(cfg: Config, run: RunDir, out_dir: Path, dist: DistInfo) -> Any:
     model = load_model(out_dir / SASREC / MODEL)
     embeddings = model.item_embeddings().detach().float().numpy()  # [N, D]
     cold = item_counts(make_split(dataset, cfg.data).train, dataset.num_items) < cfg.collab.min_item_count  # [N]
+    has_text = (run.stage("embed") / EMBEDDINGS).is_file()
+    if cold.any() and not has_text:  # no text to borrow from: rare items keep their own, little-trained rows
+        logger.warning("%d items seen in fewer than %d training sequences keep their own SASRec embeddings: the "
+                       "items have no text to borrow from", int(cold.sum()), cfg.collab.min_item_count)
+        cold = np.zeros_like(cold)
     text = load_embeddings(run.stage("embed"), normalize=True) if cold.any() else None  # [N, E]
     raw = write_collab_embeddings(embeddings, item_ids=dataset.item_ids, cold=cold, text=text,
                                   text_neighbours=cfg.collab.text_neighbours, out_dir=out_dir)
@@ -74,8 +82,12 @@ def collab(cfg: Config, run: RunDir, out_dir: Path, dist: DistInfo) -> Any:
 
 
 def quantize(cfg: Config, run: RunDir, out_dir: Path, dist: DistInfo) -> Any:
+    from genrec.errors import GenrecError
     from genrec.ids.quantize import quantize
 
+    if not cfg.collab.enabled and not (run.stage("embed") / EMBEDDINGS).is_file():
+        raise GenrecError("the items have no text, so there are no text embeddings to quantize; set "
+                          "collab.enabled=true (semantic IDs from the collaborative embeddings need no text)")
     return quantize(cfg.quantize, run.stage("collab" if cfg.collab.enabled else "embed"), out_dir)
 
 

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import shutil
+import sys
 import time
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -32,6 +33,7 @@ from genrec.evaluation.evaluator import evaluate_workspace
 from genrec.files import save_json, write_bytes
 from genrec.models import checkpoint as ckpt
 from genrec.models.registry import MODELS, build_model
+from genrec.plots import TRAINING_CURVES, training_curves
 from genrec.rundir import MODEL, RunDir
 from genrec.workspace import Workspace, load_workspace
 
@@ -98,6 +100,37 @@ class TrainLog:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+class Progress:
+    """Main process only: on a terminal a progress bar with the loss and an ETA; otherwise (a log file, CI) a
+    plain line every `every` steps with the same."""
+
+    def __init__(self, enabled: bool, *, total: int, start: int, every: int) -> None:
+        self.enabled, self.total, self.every, self.start = enabled, total, every, start
+        self.loss, self.began, self.bar = float("nan"), time.perf_counter(), None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True, leave=False)
+
+    def update(self, step: int, loss: float) -> None:
+        if not self.enabled:
+            return
+        self.loss = loss if self.loss != self.loss else 0.98 * self.loss + 0.02 * loss  # smoothed
+        if self.bar is not None:
+            self.bar.update(1)
+            if step % 10 == 0:
+                self.bar.set_postfix(loss=f"{self.loss:.4f}", refresh=False)
+        elif step % self.every == 0:
+            rate = (step - self.start) / max(time.perf_counter() - self.began, 1e-9)
+            eta = (self.total - step) / max(rate, 1e-9)
+            logger.info("step %d/%d  loss %.4f  %.1f steps/s  ETA %dm%02ds", step, self.total, self.loss, rate,
+                        eta // 60, eta % 60)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def validate(model: nn.Module, ws: Workspace, cfg: Config, dist: DistInfo) -> dict[str, float]:
@@ -181,6 +214,7 @@ def train(cfg: Config, run: RunDir, out_dir: Path, dist: DistInfo) -> dict[str, 
                 "sequence windows" if model.all_positions else "examples", len(batches), t.batch_size,
                 sum(p.numel() for p in model.parameters()))
     window_loss, window_examples, window_start = 0.0, 0, time.perf_counter()
+    progress = Progress(dist.is_main, total=t.max_steps, start=state["step"], every=t.log_every)
     run_start = time.perf_counter() - state["seconds"]
     stop = False
     while not stop:
@@ -200,6 +234,7 @@ def train(cfg: Config, run: RunDir, out_dir: Path, dist: DistInfo) -> dict[str, 
         state["step"] += 1
         step = state["step"]
         window_loss += float(loss) * targets
+        progress.update(step, float(loss))
         window_examples += targets
         state["seconds"] = time.perf_counter() - run_start
         out_of_time = t.max_minutes > 0 and state["seconds"] >= 60 * t.max_minutes
@@ -233,9 +268,12 @@ def train(cfg: Config, run: RunDir, out_dir: Path, dist: DistInfo) -> dict[str, 
         barrier()
         window_start = time.perf_counter()
     log.close()
+    progress.close()
     summary = {"steps": state["step"], "epochs": state["epoch"] + state["cursor"] / len(batches),
                "best_step": state["best_step"], f"best_{metric_key}": state["best"], "seconds": state["seconds"],
                "examples": len(examples)}
     if dist.is_main:
         save_json(out_dir / "summary.json", summary)
+        if log.path.exists():
+            training_curves(log.path, out_dir / TRAINING_CURVES)
     return summary

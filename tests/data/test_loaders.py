@@ -72,9 +72,24 @@ def test_p5_item_id_disagreement_raises(tmp_path):
 def test_p5_missing_directory_says_how_to_fix(tmp_path):
     with pytest.raises(GenrecError, match=r"nowhere.*data\.path="):
         load_dataset(DataConfig(format="p5", path=str(tmp_path / "nowhere")))
-    (tmp_path / "user_sequence.txt.gz").write_bytes(b"")
-    with pytest.raises(GenrecError, match=r"item_meta\.jsonl\.gz.*data\.path="):
+    with pytest.raises(GenrecError, match=r"user_sequence\.txt\.gz.*data\.path="):
         load_dataset(DataConfig(format="p5", path=str(tmp_path)))
+
+
+def test_p5_without_item_meta_loads_items_without_text(tmp_path):
+    """Some P5 releases (Amazon Sports) ship only user_sequence.txt: the items then have no text."""
+    _write_gz(tmp_path / "user_sequence.txt.gz", ["u1 a b c", "u2 c d"])
+    ds = load_dataset(DataConfig(format="p5", path=str(tmp_path)))
+    assert ds.item_ids == ["a", "b", "c", "d"] and ds.items == [{}, {}, {}, {}]
+
+
+def test_p5_junk_token_is_reported_on_its_sequence_line(tmp_path):
+    _write_p5(tmp_path)
+    _write_gz(tmp_path / "user_sequence.txt.gz", ["u1 a b c", "u2 c d?? d a", "u3 e b"])  # d?? shifts d
+    with pytest.raises(GenrecError) as err:
+        load_dataset(DataConfig(format="p5", path=str(tmp_path)))
+    assert "user_sequence.txt.gz line 2 (user u2) has item 'd??'" in str(err.value)
+    assert "item_meta.jsonl.gz does not list" in str(err.value)
 
 
 @pytest.mark.skipif(not BEAUTY.is_dir(), reason="shared Amazon Beauty data not present")
@@ -216,7 +231,8 @@ def test_table_integer_timestamps_from_tsv(tmp_path):
 def test_table_errors(tmp_path):
     (tmp_path / "inter.csv").write_text("user,product\nu,a\n")
     cfg = DataConfig(format="table", interactions=str(tmp_path / "inter.csv"), min_interactions=0)
-    with pytest.raises(GenrecError, match=r"inter\.csv lacks column\(s\) item \(it has user, product\)"):
+    with pytest.raises(GenrecError, match=r"inter\.csv lacks column\(s\) item \(it has user, product\); name the "
+                                          r"right ones with data\.item_column=<column>"):
         load_dataset(cfg)
     with pytest.raises(GenrecError, match=r"missing\.csv does not exist; pass data\.interactions="):
         load_dataset(DataConfig(format="table", interactions=str(tmp_path / "missing.csv")))
@@ -226,3 +242,34 @@ def test_table_errors(tmp_path):
     (tmp_path / "inter.csv").write_text("user,item,timestamp\nu,a,yesterday-ish\n")
     with pytest.raises(GenrecError, match="timestamp"):
         load_dataset(cfg)
+
+
+def test_table_with_own_column_names_rating_threshold_and_item_id_column(tmp_path):
+    """Name the columns instead of renaming files; ratings below data.min_rating are dropped; an items file whose
+    ID column is called item_id works, and all its other columns are the item's fields."""
+    pd.DataFrame({"reader": ["r1", "r1", "r1", "r2", "r2"], "book": ["a", "b", "c", "a", "c"],
+                  "stars": [5, 2, 4, 3, 1], "when": [3, 1, 2, 1, 2]}).to_csv(tmp_path / "inter.csv", index=False)
+    pd.DataFrame({"item_id": ["a", "b", "c"], "title": ["A", "B", "C"], "genre": ["x", "y", "z"]}).to_csv(
+        tmp_path / "books.csv", index=False)
+    cfg = DataConfig(format="table", interactions=str(tmp_path / "inter.csv"), items=str(tmp_path / "books.csv"),
+                     user_column="reader", item_column="book", time_column="when", rating_column="stars",
+                     min_rating=3, min_interactions=0)
+    ds = load_dataset(cfg)
+    assert ds.user_ids == ["r1", "r2"] and [[ds.item_ids[i] for i in s] for s in ds.sequences] == [["c", "a"], ["a"]]
+    assert [t.tolist() for t in ds.timestamps] == [[2, 3], [1]]
+    assert dict(zip(ds.item_ids, ds.items)) == {"c": {"title": "C", "genre": "z"}, "a": {"title": "A", "genre": "x"}}
+    cfg_bad = DataConfig(format="table", interactions=str(tmp_path / "inter.csv"), user_column="reader",
+                         item_column="book", rating_column="score", min_rating=3)
+    with pytest.raises(GenrecError, match=r"lacks column\(s\) score .* data\.rating_column=<column>"):
+        load_dataset(cfg_bad)
+
+
+@pytest.mark.parametrize("values, message", [
+    (["10", "20", "x", "40"], "column timestamp holds unix seconds but data row 3 has 'x'"),
+    (["2014-01-01", "2014-01-02", "2014-01-03", "soon"], "column timestamp holds dates but data row 4 has 'soon'"),
+])
+def test_table_one_bad_timestamp_is_reported_with_its_row(tmp_path, values, message):
+    lines = ["user,item,timestamp"] + [f"u,{item},{v}" for item, v in zip("abcd", values)]
+    (tmp_path / "inter.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(GenrecError, match=message):
+        load_dataset(DataConfig(format="table", interactions=str(tmp_path / "inter.csv"), min_interactions=0))

@@ -104,9 +104,15 @@ def test_load_encoder_by_local_path(tmp_path, encoder):
     np.testing.assert_allclose(loaded.encode(texts), encoder.encode(texts), atol=1e-6)
 
 
-def test_load_encoder_bad_names_are_user_errors(tmp_path):
+def test_load_encoder_bad_names_are_user_errors(tmp_path, monkeypatch):
     with pytest.raises(GenrecError, match="does not exist"):
         load_encoder(str(tmp_path / "missing-model"), "cpu")
+    # offline and not cached: refused at once, before the hub client would retry
+    with pytest.raises(GenrecError, match=f"embed.model='no-such-org/no-such-model' is not a local directory nor "
+                                          f"in the Hugging Face cache, and the hub cannot be reached.*{DEFAULT_MODEL}"):
+        load_encoder("no-such-org/no-such-model", "cpu")
+    # a hub that answers: the library's own error, as one line
+    monkeypatch.setattr("genrec.ids.embed._hub_reachable", lambda timeout=3.0: True)
     with pytest.raises(GenrecError, match=f"cannot load sentence-transformers model 'no-such-org/no-such-model'.*"
                                           f"{DEFAULT_MODEL}"):
         load_encoder("no-such-org/no-such-model", "cpu")

@@ -60,7 +60,7 @@ def test_quantize_writes_files_consistent_with_summary(tmp_path):
 
 def test_quantize_raw_embeddings_when_not_normalised(tmp_path):
     x = write_embeddings(tmp_path / "embed", n=100)
-    summary = quantize(QuantizeConfig(num_levels=1, codebook_size=4, iters=5, normalize=False),
+    summary = quantize(QuantizeConfig(num_levels=1, codebook_size=64, iters=5, normalize=False),
                        tmp_path / "embed", tmp_path / "q")
     assert summary["embeddings"] == "embed/item_embeddings_raw.npy"
     assert summary["residual_mse"][0] == pytest.approx(float((x.astype(np.float64) ** 2).sum(1).mean()), rel=1e-5)

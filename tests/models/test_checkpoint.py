@@ -49,7 +49,7 @@ def test_tiger_round_trip_and_its_catalogue_check(tmp_path):
     catalog = tiger_catalog()
     model = tiger(catalog)
     save_model(model, tmp_path / "m", catalog=catalog)
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "items.jsonl", "model.safetensors"]
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert config["kind"] == "tiger" and config["uses_sids"] is True
     assert config["meta"] == model.checkpoint_meta() and config["catalog"] == catalog.fingerprint(with_sids=True)
@@ -131,7 +131,7 @@ def test_damaged_model_directories_are_user_errors(tmp_path):
     config = json.loads((tmp_path / "old" / "config.json").read_text())
     del config["kind"]  # as written by an earlier version
     (tmp_path / "old" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(GenrecError, match="does not name a model kind genrec knows \\(None; known: tiger, sasrec\\)"):
+    with pytest.raises(GenrecError, match="does not name a model kind expected here \\(None; expected: tiger, sasrec\\)"):
         load_model(tmp_path / "old")
     (tmp_path / "old" / "config.json").write_text("{not json")
     with pytest.raises(GenrecError, match="holds a corrupt model"):

@@ -21,9 +21,9 @@ from genrec.workspace import load_workspace
 from conftest import TINY
 
 
-def tiny_sasrec(n_items: int = 30, seed: int = 0) -> SASRec:
+def tiny_sasrec(n_items: int = 30, seed: int = 0, positions_from: str = "first") -> SASRec:
     torch.manual_seed(seed)
-    cfg = SASRecConfig(d_model=16, num_heads=2, d_ff=16, layers=2, dropout=0.0)
+    cfg = SASRecConfig(d_model=16, num_heads=2, d_ff=16, layers=2, dropout=0.0, positions_from=positions_from)
     model = SASRec(cfg=cfg, num_items=n_items, max_history=6)
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.3)
@@ -31,14 +31,26 @@ def tiny_sasrec(n_items: int = 30, seed: int = 0) -> SASRec:
 
 
 def test_one_pass_training_equals_one_example_per_target():
-    model = tiny_sasrec()
+    """With positions from the first item a prefix encodes the same alone or inside its window, so one pass over
+    a window is the mean loss of its targets as separate examples. With positions from the last item (the
+    default, as in the SASRec paper's code) a prefix's positions depend on what follows it in the window: the
+    losses differ, and the last target, whose history ends the window, is the same either way."""
     rng = np.random.default_rng(0)
     train = [rng.choice(30, size=n, replace=False) for n in (2, 5, 7, 3)]
     users = np.zeros(4, dtype=np.int64)
     windows, examples = TrainWindows(train, users, 6), TrainExamples(train, users, 6)
-    one_pass = model(windows.batch(np.arange(len(windows)))).loss
-    per_example = torch.stack([model(examples.batch(np.array([i]))).loss for i in range(len(examples))])
-    torch.testing.assert_close(one_pass, per_example.mean(), atol=1e-5, rtol=1e-5)
+    for positions_from in ("first", "last"):
+        model = tiny_sasrec(positions_from=positions_from)
+        one_pass = model(windows.batch(np.arange(len(windows)))).loss
+        per_example = torch.stack([model(examples.batch(np.array([i]))).loss for i in range(len(examples))])
+        if positions_from == "first":
+            torch.testing.assert_close(one_pass, per_example.mean(), atol=1e-5, rtol=1e-5)
+        else:
+            assert abs(float(one_pass.detach()) - float(per_example.detach().mean())) > 1e-3
+    batch = windows.batch(np.arange(len(windows)))
+    h = model.hidden(batch.history)[:, -1]  # the state after each window's last item, the windows left-padded
+    alone = torch.cat([model.hidden(torch.tensor([t[:-1][-6:].tolist()]))[:, -1] for t in train])
+    torch.testing.assert_close(h, alone, atol=1e-5, rtol=1e-5)
 
 
 def test_recommend_is_the_exact_top_k_and_can_exclude_history():

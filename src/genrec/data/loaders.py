@@ -185,14 +185,28 @@ def index_interactions(users: list[str], items: list[str], times: np.ndarray | N
 
 
 def load_p5(cfg: DataConfig) -> Dataset:
+    """user_sequence.txt(.gz) and, where there is one, item_meta.jsonl(.gz) (some P5 releases, e.g. Amazon Sports,
+    ship without it: the items then have no text). The meta file is read first, so that a token of the
+    sequences that names no item of it is reported against the sequence line it is on."""
     directory = Path(cfg.path).expanduser()
-    what = "user_sequence.txt.gz and item_meta.jsonl.gz"
+    what = "user_sequence.txt.gz (and optionally item_meta.jsonl.gz)"
     seq_path = _find(directory, ["user_sequence.txt.gz", "user_sequence.txt"], what)
-    meta_path = _find(directory, ["item_meta.jsonl.gz", "item_meta.jsonl"], what)
+    meta_path = next((directory / n for n in ("item_meta.jsonl.gz", "item_meta.jsonl") if (directory / n).is_file()),
+                     None)
+    meta: dict[str, tuple[int, dict[str, Any]]] = {}  # asin -> (line, record)
+    if meta_path is None:
+        logger.warning("%s has no item_meta.jsonl(.gz): the items have no text", directory)
+    else:
+        for lineno, line in _read_lines(meta_path):
+            if line.strip():
+                obj = _json_line(meta_path, lineno, line)
+                _require_keys(obj, ("asin",), meta_path, lineno)
+                meta[str(obj["asin"])] = (lineno, obj)
     item_index: dict[str, int] = {}
     user_ids: list[str] = []
     sequences: list[np.ndarray] = []
     seen_users: set[str] = set()
+    first_line: dict[str, tuple[int, str]] = {}  # item -> (line, user) of its first appearance
     for lineno, line in _read_lines(seq_path):
         fields = line.split()
         if not fields:
@@ -202,26 +216,31 @@ def load_p5(cfg: DataConfig) -> Dataset:
             raise GenrecError(f"{seq_path} line {lineno} repeats user {user}; each user must have one line")
         seen_users.add(user)
         user_ids.append(user)
+        for a in asins:
+            first_line.setdefault(a, (lineno, user))
         sequences.append(np.array([item_index.setdefault(a, len(item_index)) for a in asins], dtype=np.int64))
     if not user_ids:
         raise GenrecError(f"{seq_path} holds no users; pass a non-empty file")
     items: list[dict[str, Any]] = [{} for _ in item_index]
     found = 0
-    for lineno, line in _read_lines(meta_path):
-        if not line.strip():
-            continue
-        obj = _json_line(meta_path, lineno, line)
-        _require_keys(obj, ("asin",), meta_path, lineno)
-        index = item_index.get(str(obj["asin"]))
+    for asin, (lineno, obj) in meta.items():
+        index = item_index.get(asin)
         if index is None:
             continue
         if "p5_item_id" in obj and obj["p5_item_id"] != index + 1:
-            raise GenrecError(f"{meta_path} line {lineno}: item {obj['asin']} has p5_item_id {obj['p5_item_id']} "
+            unlisted = next((a for a in item_index if a not in meta and item_index[a] < index), None) \
+                if obj["p5_item_id"] < index + 1 else None
+            if unlisted is not None:  # a token of the sequences shifted the numbering: report it where it is
+                line, user = first_line[unlisted]
+                raise GenrecError(f"{seq_path} line {line} (user {user}) has item {unlisted!r}, which "
+                                  f"{meta_path.name} does not list, so the items after it no longer match their "
+                                  f"p5_item_id; fix or drop that token")
+            raise GenrecError(f"{meta_path} line {lineno}: item {asin} has p5_item_id {obj['p5_item_id']} "
                               f"but is item {index + 1} in order of first appearance in {seq_path.name}; "
                               "the two files do not belong together")
         items[index] = {k: v for k, v in obj.items() if k not in ("asin", "p5_item_id") and v is not None}
         found += 1
-    if found < len(items):
+    if meta_path is not None and found < len(items):
         logger.warning("%d of %d items have no line in %s; their text fields are empty", len(items) - found,
                        len(items), meta_path)
     return Dataset(item_ids=list(item_index), items=items, user_ids=user_ids, sequences=sequences, timestamps=None)

@@ -19,10 +19,14 @@ selection and early stopping; the test split is only ever reported. With `exclud
 user's own history items are removed from the ranking: in data without repeat interactions (Amazon reviews:
 no user reviews an item twice) they can never be the target, and left in they crowd out real candidates.
 When a split's targets do repeat history items the evaluator warns, since those targets become unreachable.
+The evaluate stage also reports every metric with history items kept in the ranking (`evaluate.with_history`,
+results key `metrics_with_history`): the protocol of most published numbers, to be compared only with those.
+With `evaluate.rankings_k` it writes each user's top list per split, method and protocol (`rankings.jsonl`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -37,14 +41,16 @@ from torch import Tensor
 
 from genrec.config import Config, EvaluateConfig
 from genrec.data.batches import eval_batches
+from genrec.data.prepare import load_prepared
 from genrec.data.splits import EvalSet
-from genrec.distributed import DistInfo, all_reduce_sum
+from genrec.distributed import DistInfo, all_reduce_sum, gather_objects
 from genrec.errors import GenrecError
 from genrec.evaluation.metrics import metric_sums
-from genrec.files import save_json
+from genrec.files import save_json, write_bytes
 from genrec.models.checkpoint import check_catalog, load_model
 from genrec.models.types import RankingMethod, RetrievalModel
-from genrec.rundir import RESULTS, RunDir
+from genrec.plots import RECALL_AT_K, recall_at_k
+from genrec.rundir import RANKINGS, RESULTS, RunDir
 from genrec.workspace import Workspace, load_workspace
 
 logger = logging.getLogger(__name__)
@@ -58,6 +64,18 @@ class EvalResult:
     omitted: dict[str, str] = field(default_factory=dict)  # key -> why it is not reported
     users: int = 0
     seconds: float = 0.0
+    rankings: list[Ranking] = field(default_factory=list)  # with rankings_k: this process's users' top lists
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """One user's top list by one method: internal indices (user into the dataset, items into the catalogue)."""
+
+    method: str
+    user: int
+    target: int
+    items: list[int]  # best first; fewer than rankings_k where the method returned fewer
+    scores: list[float]
 
 
 def resolve_dtype(dtype: str, device_type: str) -> str:
@@ -89,11 +107,12 @@ def evaluate_split(
     model: RetrievalModel, eval_set: EvalSet, user_bucket: np.ndarray, *, split: str, beam_size: int,
     ks: tuple[int, ...], methods: tuple[str, ...] = (), batch_size: int = 256, exclude_history: bool = False,
     rank: int = 0, world_size: int = 1, all_reduce: Callable[[Tensor], Tensor] = lambda t: t,
-    progress: bool = False, dtype: str = "auto",
+    progress: bool = False, dtype: str = "auto", rankings_k: int = 0,
 ) -> EvalResult:
     """Recall/NDCG@k of `model`'s ranking `methods` on one split; every process calls this with its rank.
 
-    A top-list method returns `beam_size` items per user, a complete one max(ks)."""
+    A top-list method returns `beam_size` items per user, a complete one max(ks). With `rankings_k`, each
+    method's top rankings_k list of every user of this process is kept too (`EvalResult.rankings`)."""
     start = time.perf_counter()
     model.eval()
     ks = tuple(sorted(ks))
@@ -116,14 +135,18 @@ def evaluate_split(
     device_type = next(model.parameters()).device.type
     dtype = resolve_dtype(dtype, device_type)
     autocast = (torch.autocast(device_type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext())
-    for _, batch in batches:
+    out = EvalResult()
+    for idx, batch in batches:
         for m in rankings:
             if method_ks[m.name]:
                 with autocast:
                     ranks = m.target_ranks(batch, returned[m.name], exclude_history)
                 sums[m.name] += metric_sums(ranks, method_ks[m.name])
+            if rankings_k:
+                with autocast:
+                    items, scores = m.recommend(batch, rankings_k, exclude_history)
+                out.rankings += top_lists(m.name, eval_set.users[idx], eval_set.targets[idx], items, scores)
         count += batch.targets.shape[0]
-    out = EvalResult()
     n = float(all_reduce(count)[0])
     for name, s in sums.items():
         s = all_reduce(s) / max(n, 1.0)
@@ -137,6 +160,15 @@ def evaluate_split(
                 out.omitted[f"{split}/{name}/recall@{k}"] = reason
                 out.omitted[f"{split}/{name}/ndcg@{k}"] = reason
     out.users, out.seconds = int(n), time.perf_counter() - start
+    return out
+
+
+def top_lists(method: str, users: np.ndarray, targets: np.ndarray, items: Tensor, scores: Tensor) -> list[Ranking]:
+    """items/scores [B, k] (-1 past the end of a list) -> one Ranking per user."""
+    out = []
+    for user, target, row, row_scores in zip(users.tolist(), targets.tolist(), items.tolist(), scores.float().tolist()):
+        n = next((j for j, item in enumerate(row) if item < 0), len(row))
+        out.append(Ranking(method, user, target, row[:n], row_scores[:n]))
     return out
 
 
@@ -159,20 +191,50 @@ def format_table(metrics: dict[str, float], ks: tuple[int, ...]) -> str:
     return "\n".join(lines)
 
 
+def format_results(results: dict[str, Any], ks: tuple[int, ...]) -> str:
+    """The metrics table of a results.json under each protocol it holds, then what was left out and why."""
+    removed = results.get("exclude_history", True)
+    parts = [("history items removed from the ranking" if removed else "history items kept in the ranking",
+              results["metrics"])]
+    if results.get("metrics_with_history"):
+        parts.append(("history items kept in the ranking (the protocol of most published numbers)",
+                      results["metrics_with_history"]))
+    lines = []
+    for title, metrics in parts:
+        lines += [title, format_table(metrics, ks), ""]
+    seen = set()
+    for key, reason in results.get("omitted", {}).items():
+        head, k = key.rsplit("/", 1)[0], key.rsplit("@", 1)[1]
+        if (head, k) not in seen:
+            seen.add((head, k))
+            lines.append(f"not reported: {head} @{k}: {reason}")
+    return "\n".join(lines).rstrip()
+
+
 def evaluate_workspace(model: RetrievalModel, ws: Workspace, e: EvaluateConfig, dist: DistInfo, *, split: str,
                        beam_size: int, ks: tuple[int, ...], methods: tuple[str, ...] = (),
+                       exclude_history: bool | None = None, rankings_k: int = 0,
                        progress: bool = False) -> EvalResult:
-    """`evaluate_split` on a run's split with the settings of the `evaluate` section, sharded over processes."""
+    """`evaluate_split` on a run's split with the settings of the `evaluate` section (`exclude_history`: None
+    takes the section's), sharded over processes."""
     return evaluate_split(model, ws.split.valid if split == "valid" else ws.split.test, ws.user_bucket, split=split,
                           beam_size=beam_size, ks=ks, methods=methods, batch_size=e.batch_size,
-                          exclude_history=e.exclude_history, rank=dist.rank, world_size=dist.world_size,
-                          all_reduce=all_reduce_sum, progress=progress and dist.is_main and sys.stderr.isatty(),
-                          dtype=e.dtype)
+                          exclude_history=e.exclude_history if exclude_history is None else exclude_history,
+                          rank=dist.rank, world_size=dist.world_size, all_reduce=all_reduce_sum,
+                          progress=progress and dist.is_main and sys.stderr.isatty(), dtype=e.dtype,
+                          rankings_k=rankings_k)
+
+
+def protocols(e: EvaluateConfig) -> list[tuple[str, bool]]:
+    """(results key, exclude_history) of each protocol the evaluate section asks for."""
+    return [("metrics", e.exclude_history)] + ([("metrics_with_history", False)]
+                                               if e.exclude_history and e.with_history else [])
 
 
 def evaluate_run(cfg: Config, run: RunDir, out_dir: Path, dist: DistInfo, model_dir: Path | None = None
                  ) -> dict[str, Any]:
-    """The evaluate stage: the selected model of a run on its validation and test splits -> results.json."""
+    """The evaluate stage: the selected model of a run on its validation and test splits, under each protocol
+    -> results.json (and rankings.jsonl with `evaluate.rankings_k`)."""
     model_dir = model_dir or run.model
     model = load_model(model_dir, map_location=dist.device)
     ws = load_workspace(cfg, run, with_sids=model.uses_sids)
@@ -183,6 +245,7 @@ def evaluate_run(cfg: Config, run: RunDir, out_dir: Path, dist: DistInfo, model_
                                "exclude_history": e.exclude_history,
                                "dtype": resolve_dtype(e.dtype, torch.device(dist.device).type),
                                "model": str(model_dir), "num_items": ws.catalog.num_items}
+    rows: list[dict[str, Any]] = []
     for split in e.splits:
         eval_set = ws.split.valid if split == "valid" else ws.split.test
         repeats = repeat_share(eval_set) if e.exclude_history else 0.0
@@ -190,12 +253,31 @@ def evaluate_run(cfg: Config, run: RunDir, out_dir: Path, dist: DistInfo, model_
             logger.warning("%s: %.1f%% of targets are already in the user's history and cannot be hit with "
                            "evaluate.exclude_history=true; set it to false for data with repeat interactions",
                            split, 100 * repeats)
-        r = evaluate_workspace(model, ws, e, dist, split=split, beam_size=e.beam_size, ks=e.ks, methods=e.methods,
-                               progress=True)
-        results["metrics"].update(r.metrics)
-        results["omitted"].update(r.omitted)
-        results["users"][split], results["seconds"][split] = r.users, round(r.seconds, 2)
-        logger.info("%s: %d users in %.1f s", split, r.users, r.seconds)
+        for key, exclude in protocols(e):
+            r = evaluate_workspace(model, ws, e, dist, split=split, beam_size=e.beam_size, ks=e.ks,
+                                   methods=e.methods, exclude_history=exclude, rankings_k=e.rankings_k,
+                                   progress=True)
+            results.setdefault(key, {}).update(r.metrics)
+            results["omitted"].update(r.omitted)
+            results["users"][split] = r.users
+            results["seconds"][split] = round(results["seconds"].get(split, 0.0) + r.seconds, 2)
+            logger.info("%s (history %s): %d users in %.1f s", split, "removed" if exclude else "kept", r.users,
+                        r.seconds)
+            if e.rankings_k:
+                rows += ranking_rows(gather_objects(r.rankings), ws.catalog.item_ids, split, exclude)
     if dist.is_main:
+        if e.rankings_k:
+            user_ids = load_prepared(run.prepared).user_ids
+            lines = (json.dumps({**row, "user": user_ids[row["user"]]}) for row in rows)
+            write_bytes(out_dir / RANKINGS, "".join(line + "\n" for line in lines).encode())
         save_json(out_dir / RESULTS, results)
+        recall_at_k(results, out_dir / RECALL_AT_K)
     return results
+
+
+def ranking_rows(parts: list[Any], item_ids: list[str], split: str, exclude_history: bool) -> list[dict[str, Any]]:
+    """Every process's top lists of one split and protocol as rows with external item IDs, by method and user."""
+    rankings = sorted((r for part in parts for r in part), key=lambda r: (r.method, r.user))
+    return [{"split": split, "method": r.method, "exclude_history": exclude_history, "user": r.user,
+             "target": item_ids[r.target], "items": [item_ids[i] for i in r.items],
+             "scores": [round(s, 6) for s in r.scores]} for r in rankings]

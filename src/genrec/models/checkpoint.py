@@ -2,6 +2,8 @@
 
     <dir>/config.json         the model's kind and section, its shape (`checkpoint_meta`), the catalogue fingerprint
     <dir>/model.safetensors   weights (a generative model's include the catalogue's semantic IDs, `item_codes`)
+    <dir>/items.jsonl         the external ID and title of each catalogue row the model ranks, so that a model
+                              directory recommends on its own
     <dir>/trainer_state.pt    (checkpoints only) optimizer, scheduler, step, data cursor, RNG states
 
 A directory is written under a temporary name and renamed into place, so a killed process never leaves a
@@ -16,15 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from genrec.config import ModelConfig, from_dict, to_dict
+from genrec.config import to_dict
 from genrec.errors import GenrecError
 from genrec.files import replace_dir
 from genrec.ids.catalog import Catalog
-from genrec.models.registry import MODELS, model_from_checkpoint
+from genrec.models.pretrained import ITEMS, load_items, read_model_dir, write_model_dir
+from genrec.models.registry import MODELS
+
+__all__ = ["ITEMS", "check_catalog", "load_items", "load_model", "save_model"]
 
 
 def kind_of(model: nn.Module) -> str:
@@ -41,9 +44,8 @@ def save_model(model: nn.Module, directory: Path, *, catalog: Catalog,
     tmp.mkdir(parents=True)
     config = {"kind": kind_of(model), "model": to_dict(model.cfg), "meta": model.checkpoint_meta(),
               "uses_sids": model.uses_sids, "catalog": catalog.fingerprint(with_sids=model.uses_sids)}
-    (tmp / "config.json").write_text(json.dumps(config, indent=2))
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp / "model.safetensors"))
+    titles = [str(fields.get("title") or "") for fields in catalog.items]
+    write_model_dir(model, tmp, config, (catalog.item_ids, titles))
     if extra_state is not None:
         torch.save(extra_state, tmp / "trainer_state.pt")
     replace_dir(tmp, directory)
@@ -53,24 +55,7 @@ def load_model(directory: Path, map_location: str = "cpu", *, remake: str = "gen
     """Rebuild a model (any kind) from a model directory written by save_model, without touching the global RNG
     (a resumed run that loads a model after restoring its RNG state must draw what the uninterrupted run drew).
     `remake`: the command that makes this directory again, named in the errors."""
-    directory = Path(directory)
-    try:
-        config = json.loads((directory / "config.json").read_text())
-        state = load_file(str(directory / "model.safetensors"), device=map_location)
-    except FileNotFoundError as err:
-        raise GenrecError(f"{directory} is not a genrec model directory ({Path(err.filename).name} is missing); "
-                          f"train one with 'genrec train' or point to runs/<name>/train/best")
-    except (json.JSONDecodeError, OSError, ValueError, SafetensorError) as err:
-        raise GenrecError(f"{directory} holds a corrupt model ({err}); retrain with '{remake}'")
-    kind = config.get("kind")
-    if kind not in MODELS or "meta" not in config:
-        raise GenrecError(f"{directory}/config.json does not name a model kind genrec knows ({kind!r}; known: "
-                          f"{', '.join(MODELS)}); it was written by another version: retrain with '{remake}'")
-    section_cls = type(getattr(ModelConfig(), kind))
-    with torch.random.fork_rng(devices=[]):  # the random init is overwritten: leave the caller's RNG as it was
-        model = model_from_checkpoint(kind, from_dict(section_cls, config["model"]), config["meta"])
-    model.load_state_dict(state)
-    return model.eval()
+    return read_model_dir(Path(directory), MODELS, map_location=map_location, remake=remake)
 
 
 def check_catalog(directory: Path, catalog: Catalog, *, remake: str = "genrec train --force") -> None:

@@ -17,11 +17,13 @@ from genrec.config import SASRecConfig
 from genrec.data.batches import Batch
 from genrec.ids.catalog import Catalog
 from genrec.models.layers import EncoderLayer
+from genrec.models.pretrained import Pretrained
 from genrec.models.types import Output, RankingMethod
 from genrec.search import drop_items, ranks_in_scores
 
 
-class SASRec(nn.Module):
+class SASRec(nn.Module, Pretrained):
+    kind = "sasrec"
     methods = ("sasrec",)  # every item scored by a dot product with the history's state: a complete ranking
     learns_from_teacher = False
     uses_sids = False
@@ -63,7 +65,11 @@ class SASRec(nn.Module):
         """history [B, T] left-padded with -1 -> states [B, T, D]; state t summarises items <= t."""
         valid = history >= 0
         x = self.item_emb(torch.where(valid, history, self.num_items))
-        pos = (valid.long().cumsum(1) - 1).clamp(min=0, max=self.max_history - 1)  # from the first item
+        count = valid.long().cumsum(1)  # [B, T] items up to and including t
+        if self.cfg.positions_from == "last":  # as Kang & McAuley: the most recent item at max_history - 1
+            pos = (self.max_history - 1 - (count[:, -1:] - count)).clamp(min=0, max=self.max_history - 1)
+        else:  # from the first item: a prefix encodes the same alone or inside a longer sequence
+            pos = (count - 1).clamp(min=0, max=self.max_history - 1)
         x = self.drop((x * self.cfg.d_model**0.5 + self.pos_emb(pos)) * valid[..., None])
         T = history.shape[1]
         causal = torch.ones(T, T, dtype=torch.bool, device=history.device).tril()

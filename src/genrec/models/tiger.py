@@ -22,9 +22,16 @@ from genrec.data.batches import Batch
 from genrec.ids.catalog import Catalog
 from genrec.ids.trie import Trie, build_trie
 from genrec.models.layers import DecoderLayer, EncoderLayer, Memory
+from genrec.models.pretrained import Pretrained
 from genrec.models.tiger_decoder import TigerDecoder
 from genrec.models.types import Output, RankingMethod
-from genrec.search import beam_ranks, beam_search, drop_items, ranks_in_scores, score_catalog
+from genrec.search import (
+    beam_ranks,
+    beam_search,
+    drop_items,
+    ranks_in_scores,
+    score_catalog,
+)
 
 
 def _masked_cross_entropy(z: Tensor, target: Tensor, mask: Tensor, label_smoothing: float) -> Tensor:
@@ -38,8 +45,9 @@ def _masked_cross_entropy(z: Tensor, target: Tensor, mask: Tensor, label_smoothi
     return nll.mean()
 
 
-class Tiger(nn.Module):
+class Tiger(nn.Module, Pretrained):
     """Encoder-decoder over semantic-ID codes. `level_sizes[l]` codes at level l; `item_codes` [N, C] buffer."""
+    kind = "tiger"
 
     methods = ("generative", "exact")  # constrained beam search (the default); every item scored
     learns_from_teacher = True  # distillation from a teacher's next-item distribution (`forward`)

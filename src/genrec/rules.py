@@ -1,0 +1,76 @@
+"""Cross-setting invariants of a recipe that no single field can check, run when a config is loaded."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from genrec.errors import ConfigError
+
+if TYPE_CHECKING:
+    from genrec.config import Config
+
+
+def validate(cfg: Config) -> None:
+    """Cross-setting invariants that no single field can check."""
+    m, e, d, t, q, c = cfg.model, cfg.evaluate, cfg.data, cfg.train, cfg.quantize, cfg.collab
+    g, s = m.tiger, m.sasrec
+    choices = {
+        "data.format": (d.format, ("p5", "amazon2014", "table")),
+        "data.split": (d.split, ("leave_one_out", "temporal")),
+        "quantize.method": (q.method, ("rqkmeans",)),
+        "model.kind": (m.kind, ("tiger", "sasrec")),
+        "model.tiger.item_tokens": (g.item_tokens, ("codes", "sum")),
+        "model.sasrec.positions_from": (s.positions_from, ("first", "last")),
+        "train.dtype": (t.dtype, ("float32", "bfloat16")),
+        "evaluate.dtype": (e.dtype, ("auto", "float32", "bfloat16")),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+    if d.format == "table" and not d.interactions:
+        raise ConfigError("data.format=table needs data.interactions=<path to CSV or Parquet>")
+    if d.min_rating and not d.rating_column:
+        raise ConfigError(f"data.min_rating={d.min_rating} needs data.rating_column=<the column of ratings>")
+    if len({d.user_column, d.item_column, d.time_column}) < 3 or not d.user_column or not d.item_column:
+        raise ConfigError("data.user_column, data.item_column and data.time_column must be three different, "
+                          "non-empty column names")
+    if not 0 < d.valid_fraction < 1 or not 0 < d.test_fraction < 1 or d.valid_fraction + d.test_fraction >= 1:
+        raise ConfigError("data.valid_fraction and data.test_fraction must be in (0, 1) and sum to less than 1")
+    positive = {"data.max_history": d.max_history, "quantize.num_levels": q.num_levels,
+                "quantize.codebook_size": q.codebook_size, "model.tiger.d_model": g.d_model,
+                "model.tiger.num_heads": g.num_heads, "model.tiger.head_dim": g.head_dim, "model.tiger.d_ff": g.d_ff,
+                "model.tiger.encoder_layers": g.encoder_layers, "model.tiger.decoder_layers": g.decoder_layers,
+                "model.sasrec.d_model": s.d_model, "model.sasrec.num_heads": s.num_heads,
+                "model.sasrec.d_ff": s.d_ff, "model.sasrec.layers": s.layers,
+                "train.batch_size": t.batch_size, "train.max_steps": t.max_steps, "train.eval_every": t.eval_every,
+                "train.valid_beam_size": t.valid_beam_size, "evaluate.beam_size": e.beam_size,
+                "evaluate.batch_size": e.batch_size, "collab.batch_size": c.batch_size,
+                "collab.max_steps": c.max_steps, "collab.eval_every": c.eval_every,
+                "collab.text_neighbours": c.text_neighbours}
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{key} must be at least 1, got {value}")
+    if q.codebook_size < 2:
+        raise ConfigError(f"quantize.codebook_size must be at least 2 (one code per level tells no items apart), "
+                          f"got {q.codebook_size}")
+    if s.d_model % s.num_heads:
+        raise ConfigError(f"model.sasrec.d_model={s.d_model} must be divisible by model.sasrec.num_heads={s.num_heads}")
+    for key, value in {"model.tiger.dropout": g.dropout, "model.sasrec.dropout": s.dropout}.items():
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"{key} must be in [0, 1), got {value}")
+    if not 0.0 <= t.distill <= 1.0 or t.distill_temperature <= 0:
+        raise ConfigError(f"train.distill must be in [0, 1] and train.distill_temperature above 0, got "
+                          f"{t.distill} and {t.distill_temperature}")
+    if t.distill > 0 and m.kind == "tiger" and not c.enabled:
+        raise ConfigError("train.distill > 0 distils the collab stage's SASRec, which collab.enabled=false turns off; "
+                          "set train.distill=0 as well (or keep the collab stage)")
+    if not e.ks or any(k < 1 for k in e.ks):
+        raise ConfigError(f"evaluate.ks must be a non-empty list of positive cut-offs, got {list(e.ks)}")
+    if not set(e.splits) <= {"valid", "test"} or not e.splits:
+        raise ConfigError(f"evaluate.splits must be a subset of [valid, test], got {list(e.splits)}")
+    if len(set(e.methods)) != len(e.methods):
+        raise ConfigError(f"evaluate.methods lists a method twice: {list(e.methods)}")
+    metric, _, k = t.select_metric.partition("@")
+    if metric not in ("recall", "ndcg") or not k.isdigit() or (m.kind == "tiger" and int(k) > t.valid_beam_size):
+        raise ConfigError(f"train.select_metric={t.select_metric!r} must be recall@k or ndcg@k with "
+                          f"k <= train.valid_beam_size ({t.valid_beam_size})")

@@ -1,0 +1,149 @@
+"""`Recommender`: load a trained model once, then answer many requests, from Python, the CLI or a service.
+
+    from genrec import Recommender
+    rec = Recommender.load("runs/beauty")                    # a run directory, or a model directory
+    rec.recommend(["B004756YJA", "B004ZT0SSG"], k=10)          # one history -> [Recommendation, ...]
+    rec.recommend([["B004756YJA"], ["B004ZT0SSG"]], k=10)      # many histories -> one list each, in one batch
+    rec.recommend_user("A1YJEY40YUW4SE", k=10)                # a user of the run's data (run directories only)
+
+A model directory carries the external IDs and titles of the items it ranks, so it recommends on its own; a run
+directory adds its users' sequences. The defaults are the CLI's: history items are removed from the ranking, and
+the model's default ranking method is used.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from genrec.data.batches import Batch, user_buckets
+from genrec.errors import GenrecError
+from genrec.models.checkpoint import load_items, load_model
+from genrec.rundir import RunDir
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    rank: int  # 1 = best
+    item_id: str
+    score: float  # the method's score (log-probability of the item for generative, exact and sasrec)
+    title: str
+
+
+def is_model_dir(path: Path) -> bool:
+    return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+
+
+class Recommender:
+    """A trained model with the item IDs and titles it ranks (and, loaded from a run, the run's users)."""
+
+    def __init__(self, model: nn.Module, *, item_ids: list[str], titles: list[str],
+                 users: dict[str, list[int]] | None = None, source: str = "") -> None:
+        num_items = model.checkpoint_meta()["num_items"]
+        if len(item_ids) != num_items:
+            raise GenrecError(f"{source}: the model ranks {num_items} items but {len(item_ids)} item IDs "
+                              f"came with it; retrain with 'genrec train --force'")
+        self.model, self.item_ids, self.titles = model.eval(), item_ids, titles
+        self.users, self.source = users, source
+        self.index = {item: i for i, item in enumerate(item_ids)}
+
+    @classmethod
+    def load(cls, path: str | Path, *, run_dir: str | Path | None = None, device: str = "cpu") -> Recommender:
+        """From a run directory (its selected model, `train/best`, plus its users) or a model directory;
+        `run_dir` gives a model directory the users of a run (whose items must be the model's)."""
+        path = Path(path)
+        if not path.exists():
+            raise GenrecError(f"{path} does not exist; pass a run directory (runs/<name>) or a model directory "
+                              f"(runs/<name>/train/best)")
+        model_dir = path if is_model_dir(path) else RunDir(path).model
+        if not is_model_dir(model_dir):
+            raise GenrecError(f"{path} is neither a model directory (config.json + model.safetensors) nor a run "
+                              f"directory with a trained model ({model_dir} is missing); run 'genrec train' first")
+        model = load_model(model_dir, map_location=device)
+        items = load_items(model_dir)
+        run = RunDir(run_dir) if run_dir is not None else (RunDir(path) if model_dir != path else None)
+        users = None
+        if run is not None and run.stamp("prepare").is_file():
+            from genrec.data.prepare import load_prepared
+
+            dataset = load_prepared(run.prepared)
+            if items is not None and items[0] != dataset.item_ids:
+                raise GenrecError(f"the model in {model_dir} ranks other items than the data of {run.root} "
+                                  f"({len(items[0])} vs {len(dataset.item_ids)} items, or other IDs or order); "
+                                  f"use that run's model, or retrain with 'genrec train --force'")
+            users = {u: seq.tolist() for u, seq in zip(dataset.user_ids, dataset.sequences)}
+            if items is None:
+                items = dataset.item_ids, [str(fields.get("title") or "") for fields in dataset.items]
+        elif run_dir is not None:
+            raise GenrecError(f"{run.root} has no prepared data (prepare/ is missing); run 'genrec prepare' first")
+        if items is None:
+            raise GenrecError(f"{model_dir} was written without the item IDs it ranks (items.jsonl); load its run "
+                              f"directory instead, or retrain with 'genrec train --force'")
+        return cls(model, item_ids=items[0], titles=[html.unescape(t) for t in items[1]], users=users,
+                   source=str(path))
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The ranking methods the model offers; the first is the default."""
+        return tuple(self.model.methods)
+
+    def recommend(self, histories: Sequence[str] | Sequence[Sequence[str]], k: int = 10, *,
+                  exclude_history: bool = True, method: str | None = None
+                  ) -> list[Recommendation] | list[list[Recommendation]]:
+        """Top-k items after one history (external item IDs, oldest first) or after each of many, ranked in one
+        batch. Returns one list of Recommendations per history (a single list for a single history)."""
+        if isinstance(histories, str):
+            raise GenrecError("a history is a list of item IDs, not one string; pass [item_id, ...]")
+        single = len(histories) > 0 and all(isinstance(h, str) for h in histories)
+        many = [list(histories)] if single else [list(h) for h in histories]
+        rows = []
+        for n, history in enumerate(many):
+            if isinstance(history, str) or not all(isinstance(i, str) for i in history):
+                raise GenrecError(f"history {n} is not a list of item IDs (strings)")
+            unknown = [i for i in history if i not in self.index]
+            if unknown:
+                raise GenrecError(f"unknown item IDs in history {n}: {', '.join(unknown[:5])}"
+                                  f"{' ...' if len(unknown) > 5 else ''}; use IDs of the model's catalogue")
+            rows.append([self.index[i] for i in history])
+        out = self._rank(rows, [0] * len(rows), k, exclude_history, method)
+        return out[0] if single else out
+
+    def recommend_user(self, user: str, k: int = 10, *, exclude_history: bool = True,
+                       method: str | None = None) -> list[Recommendation]:
+        """Top-k items after a user's whole sequence (their hashed user token too, where the model has them)."""
+        if self.users is None:
+            raise GenrecError(f"{self.source} is a model directory, which knows no users; load the run directory "
+                              f"or pass the user's history")
+        if user not in self.users:
+            raise GenrecError(f"user {user!r} is not in the data of {self.source}; pass a known user or a history")
+        bucket = int(user_buckets([user], getattr(self.model.cfg, "num_user_buckets", 0))[0])
+        return self._rank([self.users[user]], [bucket], k, exclude_history, method)[0]
+
+    @torch.no_grad()
+    def _rank(self, rows: list[list[int]], buckets: list[int], k: int, exclude_history: bool,
+              method: str | None) -> list[list[Recommendation]]:
+        if not rows:
+            return []
+        name = method or self.methods[0]
+        if name not in self.methods:
+            raise GenrecError(f"method {name!r} is not offered by this {type(self.model).__name__}; choose from "
+                              f"{', '.join(self.methods)}")
+        if not 1 <= k <= len(self.item_ids):
+            raise GenrecError(f"k must be between 1 and the catalogue's {len(self.item_ids)} items, got {k}")
+        if any(not r for r in rows):
+            raise GenrecError("a history is empty; give at least one item ID")
+        T = min(max(len(r) for r in rows), self.model.max_history)
+        history = torch.tensor([[-1] * (T - len(r[-T:])) + r[-T:] for r in rows])  # [B, T] left-padded
+        device = next(self.model.parameters()).device
+        batch = Batch(users=torch.tensor(buckets), history=history).to(device)
+        items, scores = self.model.ranking(name).recommend(batch, k, exclude_history)
+        out = []
+        for row_items, row_scores in zip(items.tolist(), scores.float().tolist()):
+            out.append([Recommendation(rank, self.item_ids[i], s, self.titles[i])
+                        for rank, (i, s) in enumerate(zip(row_items, row_scores), start=1) if i >= 0])
+        return out
