@@ -13,7 +13,6 @@ half-written one behind.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,6 @@ from torch import nn
 
 from genrec.config import to_dict
 from genrec.errors import GenrecError
-from genrec.files import replace_dir
 from genrec.ids.catalog import Catalog
 from genrec.models.pretrained import ITEMS, load_items, read_model_dir, write_model_dir
 from genrec.models.registry import MODELS
@@ -30,25 +28,14 @@ from genrec.models.registry import MODELS
 __all__ = ["ITEMS", "check_catalog", "load_items", "load_model", "save_model"]
 
 
-def kind_of(model: nn.Module) -> str:
-    return next(kind for kind, cls in MODELS.items() if type(model) is cls)
-
-
 def save_model(model: nn.Module, directory: Path, *, catalog: Catalog,
                extra_state: dict[str, Any] | None = None) -> None:
-    """Write config.json + model.safetensors (+ trainer_state.pt when extra_state is given) atomically."""
-    directory = Path(directory)
-    tmp = directory.with_name(directory.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    config = {"kind": kind_of(model), "model": to_dict(model.cfg), "meta": model.checkpoint_meta(),
+    """Write config.json + model.safetensors + items.jsonl (+ trainer_state.pt when extra_state is given)
+    atomically."""
+    config = {"kind": model.kind, "model": to_dict(model.cfg), "meta": model.checkpoint_meta(),
               "uses_sids": model.uses_sids, "catalog": catalog.fingerprint(with_sids=model.uses_sids)}
     titles = [str(fields.get("title") or "") for fields in catalog.items]
-    write_model_dir(model, tmp, config, (catalog.item_ids, titles))
-    if extra_state is not None:
-        torch.save(extra_state, tmp / "trainer_state.pt")
-    replace_dir(tmp, directory)
+    write_model_dir(model, Path(directory), config, (catalog.item_ids, titles), extra_state)
 
 
 def load_model(directory: Path, map_location: str = "cpu", *, remake: str = "genrec train --force") -> nn.Module:

@@ -31,15 +31,24 @@ from genrec.files import replace_dir
 ITEMS = "items.jsonl"
 
 
-def write_model_dir(model: nn.Module, tmp: Path, config: dict[str, Any],
-                    items: tuple[list[str], list[str]] | None) -> None:
-    """config.json, model.safetensors and (when known) items.jsonl into a directory being written."""
+def write_model_dir(model: nn.Module, directory: Path, config: dict[str, Any],
+                    items: tuple[list[str], list[str]] | None, extra_state: dict[str, Any] | None = None) -> None:
+    """config.json, model.safetensors, items.jsonl (when known) and trainer_state.pt (when given), written under a
+    temporary name and renamed into place, so a killed process never leaves a half-written directory."""
+    directory = Path(directory)
+    tmp = directory.with_name(directory.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
     if items is not None:
         rows = ({"item_id": item, "title": title} for item, title in zip(*items))
         (tmp / ITEMS).write_text("".join(json.dumps(row) + "\n" for row in rows))
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(tmp / "model.safetensors"))
+    if extra_state is not None:
+        torch.save(extra_state, tmp / "trainer_state.pt")
+    replace_dir(tmp, directory)
 
 
 def load_items(directory: Path) -> tuple[list[str], list[str]] | None:
@@ -111,13 +120,7 @@ class Pretrained:
             raise GenrecError("this model was not loaded from a model directory, so it does not know its "
                               "catalogue; save it with genrec.models.checkpoint.save_model(model, directory, "
                               "catalog=...)")
-        directory = Path(directory)
-        tmp = directory.with_name(directory.name + ".tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        write_model_dir(self, tmp, source["config"], source["items"])  # type: ignore[arg-type]
-        replace_dir(tmp, directory)
+        write_model_dir(self, Path(directory), source["config"], source["items"])  # type: ignore[arg-type]
 
     def push_to_hub(self, repo_id: str, *, token: str | None = None, private: bool | None = None) -> str:
         """Upload this model's directory to a hub repository (created if needed); returns the commit URL."""
