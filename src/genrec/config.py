@@ -106,6 +106,9 @@ class TigerConfig:
     trie_softmax: bool = True  # each level's softmax covers only codes that lead to a catalogue item (paper: all
     #                              codes): a proper distribution over items, and a trie node with one child costs
     #                              no decoding step
+    repeat_bias: bool = True  # a learned offset, by recency, on the trie node of items already in the history
+    #                            (models/repeat.py): the model learns from the data whether users come back to
+    #                            an item (needs trie_softmax; paper: False)
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,9 @@ class SASRecConfig:
     #                                position max_history - 1 (as in the SASRec paper's code). The defaults are the
     #                                default recipe's teacher; configs/beauty-sasrec.yaml is the stronger baseline
     #                                (2 heads, d_ff 256, "last"), which made a weaker teacher (bench/NOTES.md)
+    repeat_bias: bool = False  # a learned offset, by recency, on the logits of history items (models/repeat.py);
+    #                            a teacher with it hands its own view of history items to the student, one
+    #                            without it hands them zero mass
 
     @property
     def head_dim(self) -> int:

@@ -58,6 +58,9 @@ def validate(cfg: Config) -> None:
     for key, value in {"model.tiger.dropout": g.dropout, "model.sasrec.dropout": s.dropout}.items():
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"{key} must be in [0, 1), got {value}")
+    if g.repeat_bias and not g.trie_softmax:
+        raise ConfigError("model.tiger.repeat_bias offsets a trie node inside its parent's softmax, which needs "
+                          "model.tiger.trie_softmax=true; set one of them to false")
     if not 0.0 <= t.distill <= 1.0 or t.distill_temperature <= 0:
         raise ConfigError(f"train.distill must be in [0, 1] and train.distill_temperature above 0, got "
                           f"{t.distill} and {t.distill_temperature}")

@@ -56,6 +56,14 @@ class Trie:
         valid = child < end[..., None]
         return torch.where(valid, child, 0), valid
 
+    def first_leaf(self, depth: int) -> Tensor:
+        """[N_depth + 1]: each depth-`depth` node's first leaf in leaf order, then N; the leaves under node n are
+        first_leaf[n] : first_leaf[n + 1]."""
+        first = torch.arange(self.num_items + 1, device=self.leaf_item.device)
+        for d in range(self.depth - 1, depth - 1, -1):
+            first = first[self.child_start[d]]
+        return first
+
     def num_children(self, depth: int, nodes: Tensor) -> Tensor:
         """nodes [...] at `depth` -> how many children each has [...]."""
         return self.child_start[depth][nodes + 1] - self.child_start[depth][nodes]

@@ -81,6 +81,7 @@ def read_model_dir(directory: Path, classes: dict[str, Any], *, map_location: st
         raise GenrecError(f"{directory}/config.json does not name a model kind expected here ({kind!r}; expected: "
                           f"{', '.join(classes)}); load it with genrec.Recommender.load, or retrain with '{remake}'")
     section_cls = type(getattr(ModelConfig(), kind))
+    config["model"].setdefault("repeat_bias", False)  # saved before the option existed: trained without one
     with torch.random.fork_rng(devices=[]):  # the random init is overwritten: leave the caller's RNG as it was
         model = classes[kind].from_checkpoint(from_dict(section_cls, config["model"]), config["meta"])
     model.load_state_dict(state)

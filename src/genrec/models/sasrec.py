@@ -18,6 +18,7 @@ from genrec.data.batches import Batch
 from genrec.ids.catalog import Catalog
 from genrec.models.layers import EncoderLayer
 from genrec.models.pretrained import Pretrained
+from genrec.models.repeat import RepeatBias, seen
 from genrec.models.types import Output, RankingMethod
 from genrec.search import drop_items, ranks_in_scores
 
@@ -40,6 +41,7 @@ class SASRec(nn.Module, Pretrained):
             for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(D)
         self.drop = nn.Dropout(cfg.dropout)
+        self.repeat = RepeatBias(max_history) if cfg.repeat_bias else None
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(m.weight, std=0.02)
@@ -82,46 +84,55 @@ class SASRec(nn.Module, Pretrained):
     def logits(self, h: Tensor) -> Tensor:  # [..., D] -> [..., N] (item embeddings tied to the output)
         return h @ self.item_embeddings().T
 
+    def next_logits(self, history: Tensor, live: Tensor | None) -> tuple[Tensor, Tensor]:
+        """history [B, T] -> float logits of the item after each position where live [B, T] is true, or after the
+        last position (live None): [n, N]; and the history items each row has seen [n, T] (-1 elsewhere)."""
+        h = self.hidden(history)  # [B, T, D]
+        ago = seen(history, every_position=live is not None)  # [B, P, T]
+        items = history[:, None].expand_as(ago)
+        if live is None:
+            h, ago, items = h[:, -1], ago[:, 0], items[:, 0]
+        else:
+            h, ago, items = h[live], ago[live], items[live]
+        z = self.logits(h).float()
+        if self.repeat is not None:
+            z = z.scatter_add(1, items.clamp(min=0), self.repeat(ago))
+        return z, torch.where(ago >= 0, items, -1)
+
     def forward(self, batch: Batch, *, label_smoothing: float = 0.0, teacher: Tensor | None = None,
                 distill: float = 0.0) -> Output:
         """targets [B, T]: the next item after every position (-1: none); or [B]: after the last position."""
         targets = batch.targets
         assert targets is not None and teacher is None
-        history = batch.history if targets.ndim == 2 else batch.history[:, -self.max_history :]
-        h = self.hidden(history)
         if targets.ndim == 2:
             live = targets >= 0
-            h, targets = h[live], targets[live]  # [n, D], [n]
+            z, _ = self.next_logits(batch.history, live)
+            targets = targets[live]  # [n]
         else:
-            h = h[:, -1]
-        z = self.logits(h)
-        loss = F.cross_entropy(z.float(), targets, label_smoothing=label_smoothing)
+            z, _ = self.next_logits(batch.history[:, -self.max_history :], None)
+        loss = F.cross_entropy(z, targets, label_smoothing=label_smoothing)
         return Output(loss=loss, logits=[z])
 
     @torch.no_grad()
     def next_item_probs(self, batch: Batch, temperature: float = 1.0) -> Tensor:
-        """The distribution over the catalogue of the item after each live target's history, with the items of
-        that history removed (as the evaluator ranks): [n, N], rows in the order of `targets[targets >= 0]`
-        (per-position targets [B, T]) or of the batch (targets [B]). The teacher of distillation."""
+        """The distribution over the catalogue of the item after each live target's history: [n, N], rows in the
+        order of `targets[targets >= 0]` (per-position targets [B, T]) or of the batch (targets [B]). The teacher
+        of distillation. With a repeat bias the model's own view of the history items; without one they get
+        zero mass (as the evaluator's default ranking removes them)."""
         targets = batch.targets
         assert targets is not None
-        history = batch.history if targets.ndim == 2 else batch.history[:, -self.max_history :]
-        h = self.hidden(history)  # [B, T, D]
-        T = history.shape[1]
         if targets.ndim == 2:  # the target after position t has seen the items at positions <= t
-            live = targets >= 0
-            seen = torch.where(torch.ones(T, T, dtype=torch.bool, device=h.device).tril()[None], history[:, None], -1)
-            h, seen = h[live], seen[live]  # [n, D], [n, T]
+            z, seen_items = self.next_logits(batch.history, targets >= 0)
         else:
-            h, seen = h[:, -1], history
-        z = self.logits(h).float() / temperature  # [n, N]
-        return F.softmax(drop_items(z, seen), dim=-1)
+            z, seen_items = self.next_logits(batch.history[:, -self.max_history :], None)
+        z = z / temperature
+        return F.softmax(z if self.repeat is not None else drop_items(z, seen_items), dim=-1)
 
     @torch.no_grad()
     def score(self, batch: Batch, exclude_history: bool = False) -> Tensor:
         """Log-probabilities of every catalogue item as the next one: [B, N] (-inf for removed history items)."""
-        h = self.hidden(batch.history[:, -self.max_history :])[:, -1]
-        scores = F.log_softmax(self.logits(h).float(), dim=-1)
+        z, _ = self.next_logits(batch.history[:, -self.max_history :], None)
+        scores = F.log_softmax(z, dim=-1)
         return drop_items(scores, batch.history) if exclude_history else scores
 
     def ranking(self, name: str) -> RankingMethod:

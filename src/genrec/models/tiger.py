@@ -23,6 +23,7 @@ from genrec.ids.catalog import Catalog
 from genrec.ids.trie import Trie, build_trie
 from genrec.models.layers import DecoderLayer, EncoderLayer, Memory
 from genrec.models.pretrained import Pretrained
+from genrec.models.repeat import RepeatBias, child_offsets, history_nodes, seen
 from genrec.models.tiger_decoder import TigerDecoder
 from genrec.models.types import Output, RankingMethod
 from genrec.search import (
@@ -75,6 +76,8 @@ class Tiger(nn.Module, Pretrained):
         self.enc_norm, self.dec_norm = nn.LayerNorm(D), nn.LayerNorm(D)
         self.head = nn.Linear(D, V, bias=False)
         self.drop = nn.Dropout(cfg.dropout)
+        # offsets act inside the softmax over a node's children (a config asking for one without it is refused)
+        self.repeat = RepeatBias(max_history) if cfg.repeat_bias and cfg.trie_softmax else None
         self.apply(self._init)
         if self.recency_emb is not None:
             nn.init.zeros_(self.recency_emb.weight)  # starts as plain attention
@@ -157,6 +160,17 @@ class Tiger(nn.Module, Pretrained):
             memory.mask = self.cross_mask(key_mask, last[:, None], token_item)  # [B, H, 1, S]
         return memory
 
+    def repeat_nodes(self, history: Tensor, live: Tensor | None = None) -> list[tuple[Tensor, Tensor]] | None:
+        """Per depth d = 1..C (index d - 1), the seen-only depth-d trie nodes of each prediction's history and
+        their repeat offsets (`models/repeat.py`): ([n, T], [n, T]) for the predictions after each position where
+        live [B, T] is true, or after the last position (live None); None without a repeat bias."""
+        if self.repeat is None:
+            return None
+        ago = seen(history, every_position=live is not None)  # [B, P, T]
+        items = history[:, None].expand_as(ago)
+        ago, items = (ago[:, 0], items[:, 0]) if live is None else (ago[live], items[live])
+        return [history_nodes(self.trie, items, ago, self.repeat, d) for d in range(1, self.num_levels + 1)]
+
     def cross_mask(self, allowed: Tensor, query_item: Tensor, token_item: Tensor) -> Tensor:
         """allowed [B, 1, Q, S] (bool), query_item [B or 1, Q] each query's most recent history position,
         token_item [S] each token's (-1: the user token) -> additive mask [B, H, Q, S]: the head's bias for how
@@ -204,14 +218,17 @@ class Tiger(nn.Module, Pretrained):
         w = self.head.weight[lo : lo + self.level_sizes[level]]
         return F.log_softmax((hidden @ w.T).float(), dim=-1)
 
-    def child_log_probs(self, hidden: Tensor, level: int, code: Tensor, valid: Tensor) -> Tensor:
+    def child_log_probs(self, hidden: Tensor, level: int, code: Tensor, valid: Tensor,
+                        offset: Tensor | None = None) -> Tensor:
         """hidden [..., D], the codes of each node's children [..., M] (valid [..., M]) -> their log-probabilities
         [..., M]: under the full softmax over level `level`'s codes, or with `trie_softmax` over the valid
-        children only. Invalid slots are -inf."""
+        children only, each child's logit plus its repeat `offset` [..., M] when given. Invalid slots are -inf."""
         if not self.cfg.trie_softmax:
             return self.log_probs(hidden, level).gather(-1, code).masked_fill(~valid, float("-inf"))
         lo = int(self.offsets[level])
         z = (hidden @ self.head.weight[lo : lo + self.level_sizes[level]].T).float().gather(-1, code)  # [..., M]
+        if offset is not None:
+            z = z + offset
         return F.log_softmax(z.masked_fill(~valid, float("-inf")), dim=-1).masked_fill(~valid, float("-inf"))
 
     def code_distributions(self, item_probs: Tensor, targets: Tensor) -> list[Tensor]:
@@ -227,9 +244,7 @@ class Tiger(nn.Module, Pretrained):
         n, N = item_probs.shape
         first_leaf = self.__dict__.get("_first_leaf")  # per depth: each node's first leaf in leaf order, + the end
         if first_leaf is None or first_leaf[0].device != device or first_leaf[-1].numel() != N + 1:
-            first_leaf = [torch.arange(N + 1, device=device)]
-            for d in range(self.num_levels - 1, -1, -1):
-                first_leaf.insert(0, first_leaf[0][trie.child_start[d]])
+            first_leaf = [trie.first_leaf(d) for d in range(self.num_levels + 1)]
             self.__dict__["_first_leaf"] = first_leaf
         mass0 = torch.zeros(n, self.level_sizes[0], device=device).index_add_(1, self.item_codes[:, 0], item_probs)
         out = [mass0 / mass0.sum(1, keepdim=True).clamp(min=1e-30)]
@@ -287,10 +302,19 @@ class Tiger(nn.Module, Pretrained):
         codes = codes[live]  # [n, C]
         paths = self.trie.paths(targets[live]) if self.cfg.trie_softmax else None  # [n, C] prefix nodes
         soft = self.code_distributions(teacher, targets[live]) if teacher is not None and distill > 0 else None
+        per_position = batch.targets.ndim == 2
+        repeat = None if paths is None else self.repeat_nodes(
+            batch.history if per_position else batch.history[:, -self.max_history :], live if per_position else None)
         logits, losses = [], []
         for level in range(C):
             lo = int(self.offsets[level])
             z = hidden[:, level] @ self.head.weight[lo : lo + self.level_sizes[level]].T  # [n, K_l]
+            if repeat is not None:  # each child's offset, moved from its slot to its code's column
+                child, ok = self.trie.children(level, paths[:, level])  # [n, M]
+                offset = child_offsets(self.trie, level, paths[:, level, None], *repeat[level])[:, 0]
+                K = self.level_sizes[level]
+                z = z.float() + torch.zeros(z.shape[0], K + 1, device=z.device).scatter(
+                    1, torch.where(ok, self.trie.node_code[level][child], K), offset.masked_fill(~ok, 0.0))[:, :K]
             logits.append(z)
             mask = None if paths is None else self.trie.child_mask(level, paths[:, level], self.level_sizes[level])
             if mask is None:

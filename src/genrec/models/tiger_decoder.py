@@ -25,6 +25,7 @@ from torch import Tensor
 from genrec.data.batches import Batch
 from genrec.ids.trie import Trie
 from genrec.models.layers import Memory, softmax
+from genrec.models.repeat import child_offsets
 
 if TYPE_CHECKING:
     from genrec.models.tiger import Tiger
@@ -39,6 +40,7 @@ class TigerState:
     memory: Memory  # per user
     cache: Cache | None = None  # every beam's self-attention keys/values of positions < cached
     cached: int = 0
+    repeat: list[tuple[Tensor, Tensor]] | None = None  # per user, `Tiger.repeat_nodes` of the history
 
 
 def _take_rows(cache: Cache, rows: Tensor) -> Cache:
@@ -125,7 +127,7 @@ def decode_states(model: Tiger, states: Tensor, memory: Memory, rows: Tensor | N
     return model.dec_norm(x + layer.ff(layer.ln3(x)))
 
 
-def _subset_log_probs(model: Tiger, d: int, code: Tensor, valid: Tensor, needs: Tensor,
+def _subset_log_probs(model: Tiger, d: int, code: Tensor, valid: Tensor, offset: Tensor | None, needs: Tensor,
                       decode: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
     """log p(child) [B, W, M] where only the beams in `needs` [B, W] are decoded; every other valid child is an
     only child: log 1 = 0. `decode(sel, keep)` decodes beams sel [B, W'] (each user's needed beams first, in
@@ -137,7 +139,8 @@ def _subset_log_probs(model: Tiger, d: int, code: Tensor, valid: Tensor, needs: 
         return logp
     sel = torch.sort(needs.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :width]  # [B, W']
     rows = needs.nonzero(as_tuple=True)  # (user, beam) of each needed beam
-    logp[rows] = model.child_log_probs(decode(sel, needs.gather(1, sel)), d, code[rows], valid[rows])
+    logp[rows] = model.child_log_probs(decode(sel, needs.gather(1, sel)), d, code[rows], valid[rows],
+                                       None if offset is None else offset[rows])
     return logp
 
 
@@ -150,27 +153,36 @@ class TigerDecoder:
         self.exact_by_beam = model.cfg.trie_softmax  # only-children cost nothing: keep every node in one beam
 
     def start(self, batch: Batch) -> TigerState:
-        return TigerState(self.model.encode(batch))
+        return TigerState(self.model.encode(batch), repeat=self.model.repeat_nodes(
+            batch.history[:, -self.model.max_history :]))
+
+    def offsets(self, state: TigerState, depth: int, nodes: Tensor) -> Tensor | None:
+        """The repeat offsets of the children of depth-`depth` nodes [B, W]: [B, W, M], or None."""
+        if state.repeat is None:
+            return None
+        return child_offsets(self.trie, depth, nodes, *state.repeat[depth])
 
     def child_log_probs(self, state: TigerState, depth: int, nodes: Tensor, prefix: Tensor, code: Tensor,
                         valid: Tensor, live: Tensor) -> tuple[Tensor, TigerState]:
         model, d, memory, cache, cached = self.model, depth, state.memory, state.cache, state.cached
+        offset = self.offsets(state, d, nodes)
         if not self.use_kv_cache:
             hidden, _ = model.decode(model.decoder_inputs(prefix, 0), memory)
-            return model.child_log_probs(hidden[:, :, -1], d, code, valid), state
+            return model.child_log_probs(hidden[:, :, -1], d, code, valid, offset), state
         needs = (valid.sum(-1) > 1 if model.cfg.trie_softmax else torch.ones_like(live)) & live
         if len(model.decoder) == 1:
-            return _subset_log_probs(model, d, code, valid, needs, lambda sel, keep: decode_states(
+            return _subset_log_probs(model, d, code, valid, offset, needs, lambda sel, keep: decode_states(
                 model, node_states(model, self.trie, d, nodes.gather(1, sel)), memory, keep)), state
         if not model.cfg.trie_softmax or 2 * int(needs.sum()) > int(live.sum()):  # decode every beam
             hidden, cache = model.decode(model.decoder_inputs(prefix, cached), memory, cache)
-            return model.child_log_probs(hidden[:, :, -1], d, code, valid), TigerState(memory, cache, d + 1)
+            return model.child_log_probs(hidden[:, :, -1], d, code, valid, offset), \
+                replace(state, cache=cache, cached=d + 1)
 
         def decode(sel: Tensor, keep: Tensor) -> Tensor:  # the needed beams feed positions cached..d
             x = model.decoder_inputs(prefix.gather(1, sel[..., None].expand(-1, -1, d)), cached)
             return model.decode(x, memory, None if cache is None else _reorder(cache, sel))[0][:, :, -1][keep]
 
-        return _subset_log_probs(model, d, code, valid, needs, decode), state
+        return _subset_log_probs(model, d, code, valid, offset, needs, decode), state
 
     def select(self, state: TigerState, parent: Tensor) -> TigerState:
         return state if state.cache is None else replace(state, cache=_reorder(state.cache, parent))
@@ -183,7 +195,8 @@ class TigerDecoder:
         if cache is not None:
             W = cache[0][0].shape[0] // keep.shape[0]
             cache = _take_rows(cache, torch.arange(keep.shape[0] * W, device=keep.device).view(-1, W)[keep].flatten())
-        return TigerState(memory, cache, state.cached)
+        repeat = None if state.repeat is None else [(node[keep], off[keep]) for node, off in state.repeat]
+        return TigerState(memory, cache, state.cached, repeat)
 
     def target_log_probs(self, state: TigerState, targets: Tensor) -> Tensor:
         model, trie = self.model, self.trie
@@ -194,6 +207,6 @@ class TigerDecoder:
         for d in range(trie.depth):
             child, valid = trie.children(d, path[:, d : d + 1])  # [B, 1, M]
             code = trie.node_code[d][child]
-            logp = model.child_log_probs(hidden[:, :, d], d, code, valid)
+            logp = model.child_log_probs(hidden[:, :, d], d, code, valid, self.offsets(state, d, path[:, d : d + 1]))
             total += logp.masked_fill(~(valid & (code == codes[:, d, None, None])), 0.0).sum((1, 2))
         return total
