@@ -25,13 +25,27 @@ from genrec.ids.trie import Trie
 
 
 class RepeatBias(nn.Module):
+    """The offsets, stored in units of SCALE logits. Adam moves a parameter by about its learning rate per step
+    whatever the gradient's size, so at the models' rates (1e-3 to 2e-3, decayed) an offset in plain logits can
+    travel only about 5 in a run: on Beauty, where it should head for minus infinity (no item ever comes back),
+    TIGER's offset for the last item stopped at -4.6, exactly that limit, with the gradient still pushing. In
+    units of 10 it can reach where the data sends it; on data with repeats it settles where the gradients
+    balance."""
+
+    SCALE = 10.0
+
     def __init__(self, max_history: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(max_history))
 
+    @property
+    def offsets(self) -> Tensor:
+        """The offset of each recency bucket, in logits [max_history]."""
+        return self.SCALE * self.weight
+
     def forward(self, ago: Tensor) -> Tensor:
         """ago [...] (-1: not seen) -> the offset [...] (0 where not seen)."""
-        return torch.where(ago >= 0, self.weight[ago.clamp(0, self.weight.numel() - 1)], 0.0)
+        return torch.where(ago >= 0, self.offsets[ago.clamp(0, self.weight.numel() - 1)], 0.0)
 
 
 def seen(history: Tensor, every_position: bool) -> Tensor:
