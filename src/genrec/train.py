@@ -47,11 +47,16 @@ def make_examples(model: nn.Module, ws: Workspace, max_history: int) -> TrainExa
 
 
 def make_optimizer(model: nn.Module, cfg: Config) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "emb" not in n]
-    other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "emb" not in n)]
+    """AdamW with weight decay on matrices (embeddings aside); a parameter with an `lr_scale` attribute trains at
+    that multiple of the learning rate, without decay."""
+    scaled = [p for p in model.parameters() if hasattr(p, "lr_scale")]
+    rest = [(n, p) for n, p in model.named_parameters() if not hasattr(p, "lr_scale")]
+    decay = [p for n, p in rest if p.ndim >= 2 and "emb" not in n]
+    other = [p for n, p in rest if not (p.ndim >= 2 and "emb" not in n)]
     t = cfg.train
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay}, {"params": other, "weight_decay": 0.0}],
-                            lr=t.lr, betas=(0.9, 0.98))
+    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": other, "weight_decay": 0.0}]
+    groups += [{"params": [p], "weight_decay": 0.0, "lr": t.lr * p.lr_scale} for p in scaled]
+    opt = torch.optim.AdamW(groups, lr=t.lr, betas=(0.9, 0.98))
 
     def schedule(step: int) -> float:  # linear warm-up, then cosine to 0 at max_steps
         if step < t.warmup_steps:

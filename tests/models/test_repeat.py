@@ -9,16 +9,15 @@ import json
 
 import numpy as np
 import torch
+from tiny_tiger import brute_force_scores, collision_catalog, tiny_model
 
 from genrec.config import SASRecConfig
-from genrec.data.batches import Batch, TrainWindows
+from genrec.data.batches import Batch, TrainExamples, TrainWindows
 from genrec.models.checkpoint import load_model
 from genrec.models.pretrained import write_model_dir
 from genrec.models.repeat import seen
 from genrec.models.sasrec import SASRec
 from genrec.search import beam_search, score_catalog
-
-from tiny_tiger import brute_force_scores, collision_catalog, tiny_model
 
 
 def test_seen_gives_each_prediction_the_latest_occurrence_of_each_item():
@@ -50,7 +49,7 @@ def test_tiger_offsets_follow_the_definition_scanned_from_the_id_list():
     ids = [tuple(r) for r in codes.tolist()]
     N, C = len(ids), len(ids[0])
     with torch.no_grad():
-        model.repeat.weight.copy_(torch.arange(1.0, 6.0) / model.repeat.SCALE)  # a distinct offset per recency bucket
+        model.repeat.weight.copy_(torch.arange(1.0, 6.0))  # a distinct offset per recency bucket
     g = torch.Generator().manual_seed(1)
     history = torch.randint(0, N, (6, 5), generator=g)
     history[0, :2] = -1
@@ -79,7 +78,7 @@ def test_tiger_search_and_exact_scores_carry_the_offsets():
     model = tiny_model(codes, sizes + [int(codes[:, -1].max()) + 1], item_tokens="sum", causal_encoder=True,
                        trie_softmax=True, decoder_layers=1, num_user_buckets=0)
     with torch.no_grad():
-        model.repeat.weight.fill_(-4.0 / model.repeat.SCALE)
+        model.repeat.weight.fill_(-4.0)
     history = torch.tensor([[-1, -1, 3, 7, 3], [1, 2, 5, 6, 11]])
     batch = Batch(torch.zeros(2, dtype=torch.long), history)
     reference = brute_force_scores(model, batch)  # teacher-forced, one forward pass per item
@@ -107,7 +106,7 @@ def tiny_sasrec(repeat_bias: bool = True, seed: int = 0) -> SASRec:
 def test_sasrec_offsets_each_history_item_by_its_latest_occurrence():
     model = tiny_sasrec().eval()
     with torch.no_grad():
-        model.repeat.weight.copy_(torch.tensor([-1.0, -2.0, -3.0, -4.0, -5.0, -6.0]) / model.repeat.SCALE)
+        model.repeat.weight.copy_(torch.tensor([-1.0, -2.0, -3.0, -4.0, -5.0, -6.0]))
     history = torch.tensor([[-1, 5, 8, 5, 2], [1, 2, 3, 4, 3]])
     batch = Batch(users=torch.zeros(2, dtype=torch.long), history=history)
     z, _ = model.next_logits(history, None)
@@ -115,7 +114,7 @@ def test_sasrec_offsets_each_history_item_by_its_latest_occurrence():
     expected = plain.clone()
     for b in range(2):
         for item, ago in _latest_ago(history[b].tolist()).items():
-            expected[b, item] += model.repeat.offsets[ago]
+            expected[b, item] += model.repeat.weight[ago]
     torch.testing.assert_close(z, expected)
     torch.testing.assert_close(model.score(batch), torch.log_softmax(expected, -1))
 
@@ -139,8 +138,8 @@ def test_the_bias_is_learned_from_the_data():
     never, again = tiny_sasrec(), tiny_sasrec()
     _train(never, distinct)
     _train(again, twice)
-    assert float(never.repeat.offsets.detach()[0]) < -0.5
-    assert float(again.repeat.offsets.detach()[0]) > 0.2  # half its targets repeat the item before, half do not
+    assert float(never.repeat.weight.detach()[0]) < -0.5
+    assert float(again.repeat.weight.detach()[0]) > 0.2  # half its targets repeat the item before, half do not
 
 
 def test_a_model_directory_saved_before_the_repeat_bias_loads_without_one(tmp_path):
@@ -154,3 +153,55 @@ def test_a_model_directory_saved_before_the_repeat_bias_loads_without_one(tmp_pa
     history = torch.tensor([[1, 2, 3]])
     torch.testing.assert_close(loaded.score(Batch(torch.zeros(1, dtype=torch.long), history)),
                                model.score(Batch(torch.zeros(1, dtype=torch.long), history)))
+
+
+def _tiger_with_collisions(seed: int):
+    """A Tiger over IDs where several items share a prefix (collision groups), its offsets distinct per bucket."""
+    sizes = [2, 2, 2]
+    codes = collision_catalog(16, sizes, seed=seed, repeats=3)
+    model = tiny_model(codes, sizes + [int(codes[:, -1].max()) + 1], item_tokens="sum", causal_encoder=True,
+                       trie_softmax=True, decoder_layers=1, num_user_buckets=0)
+    with torch.no_grad():
+        model.repeat.weight.copy_(-torch.linspace(0.5, 2.5, 5))
+    return model, codes
+
+
+def test_tiger_one_pass_training_with_offsets_equals_one_example_per_target():
+    """Every position of a window trains with the offsets of its own prefix (repeats included): the one-pass loss
+    is the mean of the per-target losses."""
+    model, codes = _tiger_with_collisions(seed=5)
+    rng = np.random.default_rng(2)
+    train = [rng.choice(len(codes), size=n) for n in (3, 6, 5, 4)]  # drawn with replacement: repeats
+    windows = TrainWindows(train, np.zeros(4, dtype=np.int64), 5)
+    examples = TrainExamples(train, np.zeros(4, dtype=np.int64), 5)
+    one_pass = model(windows.batch(np.arange(len(windows)))).loss
+    per_example = torch.stack([model(examples.batch(np.array([i]))).loss for i in range(len(examples))])
+    torch.testing.assert_close(one_pass, per_example.mean(), atol=1e-5, rtol=1e-5)
+
+
+def test_tiger_offset_gradients_match_finite_differences():
+    """Each bucket's gradient is the loss's slope in it, also when a seen-only node holds several seen items
+    (its offset enters once): items 0 and 1 share the node (0, 0, 0), and target 2 is trained over its parent's
+    children, that node among them."""
+    codes = np.array([[0, 0, 0, 0], [0, 0, 0, 1], [0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [1, 0, 1, 0],
+                      [1, 1, 0, 0], [1, 1, 0, 1], [0, 1, 1, 0], [1, 1, 1, 0]])
+    model = tiny_model(codes, [2, 2, 2, 2], item_tokens="sum", causal_encoder=True, trie_softmax=True,
+                       decoder_layers=1, num_user_buckets=0)
+    with torch.no_grad():
+        model.repeat.weight.copy_(-torch.linspace(0.5, 2.5, 5))
+    history = torch.tensor([[0, 3, 1, 7, 4], [5, 1, 9, 0, 6]])
+    targets = torch.tensor([[3, 1, 7, 4, 2], [1, 9, 0, 6, 2]])
+    batch = Batch(torch.zeros(2, dtype=torch.long), history, targets)
+    model.zero_grad()
+    model(batch).loss.backward()
+    grad = model.repeat.weight.grad.clone()
+    eps = 1e-2
+    with torch.no_grad():
+        for b in range(5):
+            slope = []
+            for sign in (1, -1):
+                model.repeat.weight[b] += sign * eps
+                slope.append(float(model(batch).loss))
+                model.repeat.weight[b] -= sign * eps
+            assert abs((slope[0] - slope[1]) / (2 * eps) - float(grad[b])) < 1e-3 + 0.02 * abs(float(grad[b])), b
+    assert float(grad.abs().sum()) > 0.01  # the batch does reach the offsets

@@ -25,34 +25,30 @@ from genrec.ids.trie import Trie
 
 
 class RepeatBias(nn.Module):
-    """The offsets, stored in units of SCALE logits. Adam moves a parameter by about its learning rate per step
-    whatever the gradient's size, so at the models' rates (1e-3 to 2e-3, decayed) an offset in plain logits can
-    travel only about 5 in a run: on Beauty, where it should head for minus infinity (no item ever comes back),
-    TIGER's offset for the last item stopped at -4.6, exactly that limit, with the gradient still pushing. In
-    units of 10 it can reach where the data sends it; on data with repeats it settles where the gradients
-    balance."""
+    """One offset per recency bucket, in logits. Trained at LR_SCALE times the model's learning rate (the trainer
+    reads `lr_scale` off the parameter): Adam moves a parameter by about its learning rate per step whatever the
+    gradient's size, so at the models' rates (1e-3 to 2e-3, decayed) an offset could travel only about 5 in a
+    run; on Beauty, where it heads for minus infinity (no item ever comes back), TIGER's offset for the last item
+    stopped at -4.6, that limit, with the gradient still pushing. On data with repeats it settles where the
+    gradients balance. Its gradient stays in logits, so gradient clipping sees it as it is."""
 
-    SCALE = 10.0
+    LR_SCALE = 10.0
 
     def __init__(self, max_history: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(max_history))
-
-    @property
-    def offsets(self) -> Tensor:
-        """The offset of each recency bucket, in logits [max_history]."""
-        return self.SCALE * self.weight
+        self.weight.lr_scale = self.LR_SCALE  # type: ignore[attr-defined]
 
     def forward(self, ago: Tensor) -> Tensor:
         """ago [...] (-1: not seen) -> the offset [...] (0 where not seen)."""
-        return torch.where(ago >= 0, self.offsets[ago.clamp(0, self.weight.numel() - 1)], 0.0)
+        return torch.where(ago >= 0, self.weight[ago.clamp(0, self.weight.numel() - 1)], 0.0)
 
 
 def seen(history: Tensor, every_position: bool) -> Tensor:
     """history [B, T] (left-padded with -1) -> ago [B, P, T]: for the prediction after position w (every w, or
     only the last), how many items before it the item at position j was last seen (w - j), or -1 where position
     j is padding, after w, or not the item's latest occurrence up to w."""
-    B, T = history.shape
+    T = history.shape[1]
     pos = torch.arange(T, device=history.device)
     valid = history >= 0
     later = (history[:, :, None] == history[:, None, :]) & (pos[None, :] > pos[:, None])[None]  # [B, j, j']
@@ -71,9 +67,9 @@ def item_nodes(trie: Trie, items: Tensor, depth: int) -> Tensor:
 
 
 def history_nodes(trie: Trie, items: Tensor, ago: Tensor, bias: RepeatBias, depth: int) -> tuple[Tensor, Tensor]:
-    """Rows of seen items [n, T] with their `ago` [n, T] (-1: not seen) -> (node [n, T], offset [n, T]): each
-    seen item's depth-`depth` node where every item under that node was seen in that row (else -1), and the
-    offset of the most recent of them."""
+    """Rows of seen items [n, T] with their `ago` [n, T] (-1: not seen) -> (node [n, T], offset [n, T]): at the
+    position of the most recent item under each depth-`depth` node whose items were all seen in that row, the
+    node and that item's offset; -1 and 0 everywhere else."""
     live = ago >= 0
     node = torch.where(live, item_nodes(trie, items.clamp(min=0), depth), -1)  # [n, T]
     same = (node[:, :, None] == node[:, None, :]) & live[:, None, :]  # [n, T, T']
@@ -82,6 +78,7 @@ def history_nodes(trie: Trie, items: Tensor, ago: Tensor, bias: RepeatBias, dept
     size = size[1:] - size[:-1]  # leaves under each node
     full = live & (count == size[node.clamp(min=0)])
     recent = torch.where(same, ago[:, None, :], ago.new_tensor(torch.iinfo(ago.dtype).max)).amin(2)
+    full = full & (ago == recent)  # one entry per node (its most recent item), so its offset is counted once
     return torch.where(full, node, -1), torch.where(full, bias(recent), 0.0)
 
 

@@ -160,16 +160,19 @@ class Tiger(nn.Module, Pretrained):
             memory.mask = self.cross_mask(key_mask, last[:, None], token_item)  # [B, H, 1, S]
         return memory
 
-    def repeat_nodes(self, history: Tensor, live: Tensor | None = None) -> list[tuple[Tensor, Tensor]] | None:
+    def repeat_nodes(self, history: Tensor, live: Tensor | None = None,
+                     trie: Trie | None = None) -> list[tuple[Tensor, Tensor]] | None:
         """Per depth d = 1..C (index d - 1), the seen-only depth-d trie nodes of each prediction's history and
         their repeat offsets (`models/repeat.py`): ([n, T], [n, T]) for the predictions after each position where
-        live [B, T] is true, or after the last position (live None); None without a repeat bias."""
+        live [B, T] is true, or after the last position (live None), in `trie` (default: the catalogue's); None
+        without a repeat bias."""
         if self.repeat is None:
             return None
         ago = seen(history, every_position=live is not None)  # [B, P, T]
         items = history[:, None].expand_as(ago)
         ago, items = (ago[:, 0], items[:, 0]) if live is None else (ago[live], items[live])
-        return [history_nodes(self.trie, items, ago, self.repeat, d) for d in range(1, self.num_levels + 1)]
+        trie = self.trie if trie is None else trie
+        return [history_nodes(trie, items, ago, self.repeat, d) for d in range(1, self.num_levels + 1)]
 
     def cross_mask(self, allowed: Tensor, query_item: Tensor, token_item: Tensor) -> Tensor:
         """allowed [B, 1, Q, S] (bool), query_item [B or 1, Q] each query's most recent history position,

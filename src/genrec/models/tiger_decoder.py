@@ -154,7 +154,7 @@ class TigerDecoder:
 
     def start(self, batch: Batch) -> TigerState:
         return TigerState(self.model.encode(batch), repeat=self.model.repeat_nodes(
-            batch.history[:, -self.model.max_history :]))
+            batch.history[:, -self.model.max_history :], trie=self.trie))
 
     def offsets(self, state: TigerState, depth: int, nodes: Tensor) -> Tensor | None:
         """The repeat offsets of the children of depth-`depth` nodes [B, W]: [B, W, M], or None."""
