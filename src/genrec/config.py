@@ -38,6 +38,9 @@ class DataConfig:
     rating_column: str = ""  # table: a rating column; with min_rating, lower-rated interactions are dropped
     min_rating: float = 0.0  # table: keep interactions rated at least this (needs rating_column; 0: keep all)
     min_interactions: int = 5  # k-core filter for amazon2014 and table data (users and items); 0 disables
+    keep_repeats: bool = False  # amazon2014 and table data: keep a user's repeated interactions with an item (a
+    #                             grocery or music log) instead of only the first; then set
+    #                             evaluate.exclude_history=false, since a repeat can be the target
     split: str = "leave_one_out"  # "leave_one_out" or "temporal" (needs timestamps)
     valid_fraction: float = 0.1  # temporal: share of interactions (by time) in the validation window
     test_fraction: float = 0.1  # temporal: share of interactions (by time) in the test window

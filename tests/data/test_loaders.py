@@ -220,6 +220,9 @@ def test_table_parquet_in_file_order_with_kcore(tmp_path):
     assert ds.user_ids == ["1", "2"] and ds.item_ids == ["a", "b"]
     assert _seqs(ds) == [[0, 1], [1, 0]]  # user 1's repeated a dropped, user 3 and item c below the 2-core
     assert ds.items == [{}, {}]
+    kept = load_dataset(DataConfig(format="table", interactions=str(tmp_path / "inter.parquet"), min_interactions=2,
+                                   keep_repeats=True))
+    assert _seqs(kept) == [[0, 1, 0], [1, 0]]  # data.keep_repeats: user 1 comes back to a
 
 
 def test_table_integer_timestamps_from_tsv(tmp_path):

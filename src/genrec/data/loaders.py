@@ -11,7 +11,7 @@ Three source formats, chosen by `data.format`:
   an optional table of item text (`item` plus any other columns).
 
 For ``amazon2014`` and ``table`` each user's interactions are sorted by time (stable: file order on ties),
-repeated (user, item) pairs are dropped keeping the earliest, and an iterative k-core filter with
+repeated (user, item) pairs are dropped keeping the earliest (unless `data.keep_repeats`), and an iterative k-core filter with
 k = `data.min_interactions` keeps users and items with at least k interactions (0 disables it). Users are
 indexed in order of first appearance in the source, items in order of first appearance in the sorted
 sequences (users in index order, each sequence left to right), so every load is deterministic.
@@ -143,8 +143,8 @@ def _kcore(users: np.ndarray, items: np.ndarray, k: int) -> tuple[np.ndarray, in
 
 
 def index_interactions(users: list[str], items: list[str], times: np.ndarray | None, *, min_interactions: int,
-           source: Path) -> tuple[list[str], list[str], list[np.ndarray], list[np.ndarray] | None]:
-    """Sort, de-duplicate, k-core filter and index interactions given in file order.
+           source: Path, keep_repeats: bool = False) -> tuple[list[str], list[str], list[np.ndarray], list[np.ndarray] | None]:
+    """Sort, de-duplicate (unless `keep_repeats`), k-core filter and index interactions given in file order.
 
     Returns (user_ids, item_ids, sequences, timestamps) as described in the module docstring.
     """
@@ -157,7 +157,8 @@ def index_interactions(users: list[str], items: list[str], times: np.ndarray | N
     order = np.lexsort(keys)  # by user, then time, then file order
     u, i = user_codes[order], item_codes[order]
     t = None if times is None else np.asarray(times, dtype=np.int64)[order]
-    fresh = ~pd.DataFrame({"u": u, "i": i}).duplicated(keep="first").to_numpy()
+    fresh = np.ones(len(u), dtype=bool) if keep_repeats else \
+        ~pd.DataFrame({"u": u, "i": i}).duplicated(keep="first").to_numpy()
     if not fresh.all():
         logger.info("%s: dropped %d repeated (user, item) pairs, keeping the earliest", source, int((~fresh).sum()))
     u, i = u[fresh], i[fresh]
@@ -314,7 +315,8 @@ def load_amazon2014(cfg: DataConfig) -> Dataset:
         items.append(str(obj["asin"]))
         times.append(time)
     user_ids, item_ids, sequences, timestamps = index_interactions(
-        users, items, np.array(times, dtype=np.int64), min_interactions=cfg.min_interactions, source=reviews_path)
+        users, items, np.array(times, dtype=np.int64), min_interactions=cfg.min_interactions, source=reviews_path,
+        keep_repeats=cfg.keep_repeats)
     item_index = {asin: i for i, asin in enumerate(item_ids)}
     fields: list[dict[str, Any] | None] = [None] * len(item_ids)
     for lineno, line in _read_lines(meta_path):

@@ -1,6 +1,6 @@
 """The `table` format: your own interactions as CSV or Parquet (a user, an item, optionally a time and a rating
 column, named by `data.*_column`) and an optional item table (the item column plus any text columns), read into
-a `Dataset` like the other loaders (see `loaders`: sorted by time, repeats dropped, k-core filtered)."""
+a `Dataset` like the other loaders (see `loaders`: sorted by time, repeats dropped unless `data.keep_repeats`, k-core filtered)."""
 
 from __future__ import annotations
 
@@ -126,7 +126,7 @@ def load_table(cfg: DataConfig) -> Dataset:
     times = _unix_seconds(frame[time], path) if time in frame.columns else None
     user_ids, item_ids, sequences, timestamps = index_interactions(
         _ids(frame[user], user, path), _ids(frame[item], item, path), times,
-        min_interactions=cfg.min_interactions, source=path)
+        min_interactions=cfg.min_interactions, source=path, keep_repeats=cfg.keep_repeats)
     fields: list[dict[str, Any]] = [{} for _ in item_ids]
     if cfg.items:
         fields = _item_fields(cfg, Path(cfg.items).expanduser(), item_ids)
