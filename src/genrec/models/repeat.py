@@ -58,6 +58,14 @@ def seen(history: Tensor, every_position: bool) -> Tensor:
     return torch.where(live, w[None] - pos[None, None, :], -1)
 
 
+def seen_rows(history: Tensor, live: Tensor | None) -> tuple[Tensor, Tensor]:
+    """history [B, T] -> (items [n, T], ago [n, T]) of each prediction's row: after each position where live
+    [B, T] is true (rows in `live`'s order), or after the last position (live None, one row per user)."""
+    ago = seen(history, every_position=live is not None)  # [B, P, T]
+    items = history[:, None].expand_as(ago)
+    return (items[:, 0], ago[:, 0]) if live is None else (items[live], ago[live])
+
+
 def item_nodes(trie: Trie, items: Tensor, depth: int) -> Tensor:
     """items [...] -> their depth-`depth` trie nodes (depth C: the leaves)."""
     node = trie.item_leaf[items]

@@ -18,7 +18,7 @@ from genrec.data.batches import Batch
 from genrec.ids.catalog import Catalog
 from genrec.models.layers import EncoderLayer
 from genrec.models.pretrained import Pretrained
-from genrec.models.repeat import RepeatBias, seen
+from genrec.models.repeat import RepeatBias, seen_rows
 from genrec.models.types import Output, RankingMethod
 from genrec.search import drop_items, ranks_in_scores
 
@@ -88,13 +88,8 @@ class SASRec(nn.Module, Pretrained):
         """history [B, T] -> float logits of the item after each position where live [B, T] is true, or after the
         last position (live None): [n, N]; and the history items each row has seen [n, T] (-1 elsewhere)."""
         h = self.hidden(history)  # [B, T, D]
-        ago = seen(history, every_position=live is not None)  # [B, P, T]
-        items = history[:, None].expand_as(ago)
-        if live is None:
-            h, ago, items = h[:, -1], ago[:, 0], items[:, 0]
-        else:
-            h, ago, items = h[live], ago[live], items[live]
-        z = self.logits(h).float()
+        items, ago = seen_rows(history, live)  # [n, T]
+        z = self.logits(h[:, -1] if live is None else h[live]).float()
         if self.repeat is not None:
             z = z.scatter_add(1, items.clamp(min=0), self.repeat(ago))
         return z, torch.where(ago >= 0, items, -1)

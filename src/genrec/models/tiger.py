@@ -23,7 +23,7 @@ from genrec.ids.catalog import Catalog
 from genrec.ids.trie import Trie, build_trie
 from genrec.models.layers import DecoderLayer, EncoderLayer, Memory
 from genrec.models.pretrained import Pretrained
-from genrec.models.repeat import RepeatBias, child_offsets, history_nodes, seen
+from genrec.models.repeat import RepeatBias, child_offsets, history_nodes, seen_rows
 from genrec.models.tiger_decoder import TigerDecoder
 from genrec.models.types import Output, RankingMethod
 from genrec.search import (
@@ -168,9 +168,7 @@ class Tiger(nn.Module, Pretrained):
         without a repeat bias."""
         if self.repeat is None:
             return None
-        ago = seen(history, every_position=live is not None)  # [B, P, T]
-        items = history[:, None].expand_as(ago)
-        ago, items = (ago[:, 0], items[:, 0]) if live is None else (ago[live], items[live])
+        items, ago = seen_rows(history, live)  # [n, T]
         trie = self.trie if trie is None else trie
         return [history_nodes(trie, items, ago, self.repeat, d) for d in range(1, self.num_levels + 1)]
 
