@@ -27,7 +27,7 @@ from genrec.models.sasrec import SASRec
 from genrec.models.tiger import Tiger
 from genrec.pipeline import run_stage
 from genrec.rundir import RunDir
-from genrec.train import distill_inputs, make_examples, make_optimizer
+from genrec.train import distill_inputs, loss_weight, make_examples, make_optimizer
 from genrec.workspace import load_workspace
 
 from conftest import TINY
@@ -191,6 +191,28 @@ def test_make_examples_follows_what_the_model_trains_on():
     sasrec = SASRec(cfg=SASRecConfig(d_model=8, num_heads=1, d_ff=8, layers=1), num_items=30, max_history=4)
     examples = make_examples(sasrec, ws, 4)
     assert isinstance(examples, TrainWindows) and examples.targets == 4 + 2
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_equal_target_weights_make_an_epoch_the_plain_sum_over_targets(world_size):
+    # windows from 1 to 8 targets, batched by length: "batch" weighs a short window's targets far more
+    seqs = [np.arange(n) + 10 * i for i, n in enumerate([2, 2, 3, 9, 9, 9, 5, 4, 2, 9, 3, 6])]
+    ex = TrainWindows(seqs, np.zeros(len(seqs), np.int64), max_history=8)
+    mean_targets = 4 * ex.targets / len(ex)
+    totals = {"batch": 0.0, "equal": 0.0}
+    batches = ex.epoch_batches(0, 4, seed=0)
+    for global_index in batches:
+        for rank in range(world_size):
+            index = global_index[rank::world_size]
+            targets = ex.batch(index).targets
+            item_loss = targets[targets >= 0].double()  # a per-target loss: the target's item index
+            for mode in totals:  # what DDP's gradient average adds up to
+                w = loss_weight(mode, len(item_loss), ex.num_targets(global_index), mean_targets, world_size)
+                totals[mode] += w * float(item_loss.mean()) / world_size
+    targets = ex.batch(np.concatenate(batches)).targets
+    every = float(targets[targets >= 0].double().sum())
+    assert totals["equal"] == pytest.approx(every / mean_targets)
+    assert abs(totals["batch"] - every / mean_targets) > 1e-3 * totals["equal"]
 
 
 def test_distill_inputs_are_the_teachers_sharpened_distribution():

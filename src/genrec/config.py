@@ -155,6 +155,10 @@ class TrainConfig:
     batch_size: int = 128  # per optimizer step, summed over processes: sequence windows (causal encoder) or examples
     lr: float = 2e-3  # peak learning rate (AdamW)
     weight_decay: float = 0.01
+    adam_beta2: float = 0.98  # AdamW's second-moment decay (0.999 is torch's default and the SASRec papers')
+    target_weights: str = "batch"  # "batch": each batch's loss is the mean over its targets; "equal": every target
+    #                                weighs the same whatever its batch (matters for whole-sequence windows, whose
+    #                                length-grouped batches hold from 1 to max_history targets per window)
     warmup_steps: int = 200  # linear warm-up, then cosine decay to 0 at max_steps
     max_steps: int = 5400  # upper bound on optimizer steps
     max_minutes: float = 0.0  # stop after this much training time (0: no limit); the schedule still spans max_steps

@@ -22,6 +22,7 @@ def validate(cfg: Config) -> None:
         "model.tiger.item_tokens": (g.item_tokens, ("codes", "sum")),
         "model.sasrec.positions_from": (s.positions_from, ("first", "last")),
         "train.dtype": (t.dtype, ("float32", "bfloat16")),
+        "train.target_weights": (t.target_weights, ("batch", "equal")),
         "evaluate.dtype": (e.dtype, ("auto", "float32", "bfloat16")),
     }
     for key, (value, allowed) in choices.items():
@@ -55,7 +56,8 @@ def validate(cfg: Config) -> None:
                           f"got {q.codebook_size}")
     if s.d_model % s.num_heads:
         raise ConfigError(f"model.sasrec.d_model={s.d_model} must be divisible by model.sasrec.num_heads={s.num_heads}")
-    for key, value in {"model.tiger.dropout": g.dropout, "model.sasrec.dropout": s.dropout}.items():
+    for key, value in {"model.tiger.dropout": g.dropout, "model.sasrec.dropout": s.dropout,
+                       "train.adam_beta2": t.adam_beta2}.items():
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"{key} must be in [0, 1), got {value}")
     if g.repeat_bias and not g.trie_softmax:

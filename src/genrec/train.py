@@ -21,6 +21,7 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
@@ -46,6 +47,14 @@ def make_examples(model: nn.Module, ws: Workspace, max_history: int) -> TrainExa
     return maker(ws.split.train, ws.user_bucket, max_history)
 
 
+def loss_weight(mode: str, targets: int, batch_targets: int, mean_targets: float, world_size: int) -> float:
+    """The factor on one process's mean loss over its `targets` (of the global batch's `batch_targets`). DDP
+    averages gradients over processes; this weight makes that average the mean over the global batch's targets,
+    as in one process ("batch"), or their sum over the targets of an average batch (`mean_targets`), so that every
+    target of an epoch weighs the same whatever its batch ("equal")."""
+    return targets * world_size / (batch_targets if mode == "batch" else mean_targets)
+
+
 def make_optimizer(model: nn.Module, cfg: Config) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW with weight decay on matrices (embeddings aside); a parameter with an `lr_scale` attribute trains at
     that multiple of the learning rate, without decay."""
@@ -56,7 +65,7 @@ def make_optimizer(model: nn.Module, cfg: Config) -> tuple[torch.optim.Optimizer
     t = cfg.train
     groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": other, "weight_decay": 0.0}]
     groups += [{"params": [p], "weight_decay": 0.0, "lr": t.lr * p.lr_scale} for p in scaled]
-    opt = torch.optim.AdamW(groups, lr=t.lr, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW(groups, lr=t.lr, betas=(0.9, t.adam_beta2))
 
     def schedule(step: int) -> float:  # linear warm-up, then cosine to 0 at max_steps
         if step < t.warmup_steps:
@@ -215,6 +224,7 @@ def train(cfg: Config, run: RunDir, out_dir: Path, dist: DistInfo) -> dict[str, 
     log = TrainLog(out_dir, dist.is_main, resume_step=state["step"])
     metric_key = f"valid/{model.methods[0]}/{t.select_metric}"
     batches = examples.epoch_batches(state["epoch"], t.batch_size, t.seed)
+    mean_targets = t.batch_size * examples.num_targets(np.arange(len(examples))) / len(examples)
     logger.info("training on %d %s (%d batches of %d per epoch), %d parameters", len(examples),
                 "sequence windows" if model.all_positions else "examples", len(batches), t.batch_size,
                 sum(p.numel() for p in model.parameters()))
@@ -232,9 +242,8 @@ def train(cfg: Config, run: RunDir, out_dir: Path, dist: DistInfo) -> dict[str, 
         model.train()
         batch = examples.batch(index).to(dist.device)
         targets = examples.num_targets(index)
-        # DDP averages gradients over processes; weighting each process's mean by its share of the global
-        # batch's targets makes that average the mean over all targets, as in one process
-        weight = targets * dist.world_size / examples.num_targets(global_index)
+        weight = loss_weight(t.target_weights, targets, examples.num_targets(global_index), mean_targets,
+                             dist.world_size)
         loss = train_step(net, batch, t=t, teacher=teacher, weight=weight, opt=opt, sched=sched, autocast=autocast)
         state["step"] += 1
         step = state["step"]
