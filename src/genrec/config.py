@@ -45,6 +45,12 @@ class DataConfig:
     valid_fraction: float = 0.1  # temporal: share of interactions (by time) in the validation window
     test_fraction: float = 0.1  # temporal: share of interactions (by time) in the test window
     max_history: int = 20  # histories are truncated to the most recent max_history items
+    cold_items: float = 0.0  # new-item protocol: share of the catalogue held out as new items, every interaction
+    #                          with them removed from the training part (they stay in the catalogue, histories
+    #                          and targets; see genrec.data.cold); 0: none
+    cold_items_by: str = "random"  # "random" (seeded by cold_seed) or "newest" (latest first interaction; needs
+    #                                timestamps)
+    cold_seed: int = 0  # seed of the random held-out items
 
 
 @dataclass(frozen=True)

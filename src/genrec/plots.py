@@ -94,7 +94,7 @@ def recall_at_k(results: dict[str, Any], out: Path) -> None:
         curves: dict[str, list[tuple[int, float]]] = {}
         for name, value in (results.get(key) or {}).items():
             head, metric = name.rsplit("/", 1)
-            if metric.startswith("recall@"):
+            if metric.startswith("recall@") and head.count("/") == 1:  # split/method: all users, not a slice
                 curves.setdefault(head, []).append((int(metric.split("@")[1]), value))
         for head, points in sorted(curves.items()):
             ks, values = zip(*sorted(points))

@@ -17,6 +17,7 @@ def validate(cfg: Config) -> None:
     choices = {
         "data.format": (d.format, ("p5", "amazon2014", "table")),
         "data.split": (d.split, ("leave_one_out", "temporal")),
+        "data.cold_items_by": (d.cold_items_by, ("random", "newest")),
         "quantize.method": (q.method, ("rqkmeans",)),
         "model.kind": (m.kind, ("tiger", "sasrec")),
         "model.tiger.item_tokens": (g.item_tokens, ("codes", "sum")),
@@ -37,6 +38,8 @@ def validate(cfg: Config) -> None:
                           "non-empty column names")
     if not 0 < d.valid_fraction < 1 or not 0 < d.test_fraction < 1 or d.valid_fraction + d.test_fraction >= 1:
         raise ConfigError("data.valid_fraction and data.test_fraction must be in (0, 1) and sum to less than 1")
+    if not 0 <= d.cold_items < 1:
+        raise ConfigError(f"data.cold_items is the share of items held out as new, in [0, 1); got {d.cold_items}")
     positive = {"data.max_history": d.max_history, "quantize.num_levels": q.num_levels,
                 "quantize.codebook_size": q.codebook_size, "model.tiger.d_model": g.d_model,
                 "model.tiger.num_heads": g.num_heads, "model.tiger.head_dim": g.head_dim, "model.tiger.d_ff": g.d_ff,

@@ -88,7 +88,13 @@ def quantize(cfg: Config, run: RunDir, out_dir: Path, dist: DistInfo) -> Any:
     if not cfg.collab.enabled and not (run.stage("embed") / EMBEDDINGS).is_file():
         raise GenrecError("the items have no text, so there are no text embeddings to quantize; set "
                           "collab.enabled=true (semantic IDs from the collaborative embeddings need no text)")
-    return quantize(cfg.quantize, run.stage("collab" if cfg.collab.enabled else "embed"), out_dir)
+    fit_rows = None
+    if cfg.data.cold_items > 0:  # held-out new items are encoded by the fitted quantizer, never fitted on
+        from genrec.data.cold import held_out_items
+        from genrec.data.prepare import load_prepared
+
+        fit_rows = ~held_out_items(load_prepared(run.prepared), cfg.data)
+    return quantize(cfg.quantize, run.stage("collab" if cfg.collab.enabled else "embed"), out_dir, fit_rows)
 
 
 def train(cfg: Config, run: RunDir, out_dir: Path, dist: DistInfo) -> Any:

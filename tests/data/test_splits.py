@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from genrec.config import DataConfig
+from genrec.data.cold import held_out_items, training_items
 from genrec.data.loaders import Dataset
 from genrec.data.splits import leave_one_out, make_split, temporal_split
 from genrec.errors import GenrecError
@@ -110,3 +111,37 @@ def test_make_split_dispatches_and_needs_timestamps_for_temporal():
                       timestamps=None)
     with pytest.raises(GenrecError, match=r"use data\.split=leave_one_out"):
         make_split(without, DataConfig(split="temporal"))
+
+
+def _dataset(sequences: list[np.ndarray], num_items: int, timestamps=None) -> Dataset:
+    return Dataset(item_ids=[str(i) for i in range(num_items)], items=[{} for _ in range(num_items)],
+                   user_ids=[str(u) for u in range(len(sequences))], sequences=sequences, timestamps=timestamps)
+
+
+def test_held_out_new_items_leave_the_training_part_and_nothing_else():
+    seqs = _random_sequences(seed=5, users=300, items=200)
+    data = _dataset(seqs, 200)
+    plain = make_split(data, DataConfig())
+    cfg = DataConfig(cold_items=0.1, cold_seed=3)
+    split = make_split(data, cfg)
+    held = held_out_items(data, cfg)
+    assert held.sum() == 20 and (held == held_out_items(data, cfg)).all()  # the share asked for, seeded
+    assert not (held == held_out_items(data, DataConfig(cold_items=0.1, cold_seed=4))).all()
+    assert not training_items(split.train, 200)[held].any()  # no interaction with a held-out item is trained on
+    for before, after in zip(plain.train, split.train):  # the rest of each training sequence, in order
+        assert after.tolist() == [i for i in before.tolist() if not held[i]]
+    for a, b in ((plain.valid, split.valid), (plain.test, split.test)):  # evaluation users, histories, targets
+        assert a.targets.tolist() == b.targets.tolist() and a.users.tolist() == b.users.tolist()
+        assert all(x.tolist() == y.tolist() for x, y in zip(a.histories, b.histories))
+    cold_users = ~training_items(split.train, 200)[split.test.targets]
+    assert held[split.test.targets].sum() > 0 and (cold_users >= held[split.test.targets]).all()
+    assert not held_out_items(data, DataConfig()).any()
+
+
+def test_newest_items_are_those_first_seen_last_and_need_timestamps():
+    seqs = [np.array([0, 1, 2]), np.array([3, 1, 4]), np.array([4, 0])]
+    times = [np.array([1, 2, 9]), np.array([3, 4, 5]), np.array([6, 7])]
+    cfg = DataConfig(cold_items=0.4, cold_items_by="newest")  # 2 of 5 items; first seen: 0@1 1@2 2@9 3@3 4@5
+    assert np.flatnonzero(held_out_items(_dataset(seqs, 5, times), cfg)).tolist() == [2, 4]
+    with pytest.raises(GenrecError, match="data.cold_items_by=newest needs timestamps.*cold_items_by=random"):
+        held_out_items(_dataset(seqs, 5), cfg)

@@ -77,6 +77,30 @@ def test_tiger_metrics_equal_brute_force_ranks_for_both_methods():
     assert default.metrics == {k.replace("test/", "valid/"): v for k, v in expected.items() if "/generative/" in k}
 
 
+def test_cold_and_in_set_slices_are_the_metrics_of_their_own_users():
+    sasrec = SASRec(cfg=SASRecConfig(d_model=8, num_heads=1, d_ff=8, layers=1), num_items=20, max_history=5)
+    torch.manual_seed(3)
+    es = eval_set(20, 40, seed=4)
+    cold = np.zeros(20, dtype=bool)
+    cold[[1, 4, 7, 11, 15, 18]] = True
+    is_cold = cold[es.targets]
+    assert 0 < is_cold.sum() < 40
+    buckets = np.zeros(40, np.int64)
+    run = lambda es, cold=None: evaluate_split(sasrec, es, buckets[: len(es)], split="test", beam_size=5,  # noqa: E731
+                                               ks=(1, 5, 10), batch_size=7, exclude_history=True, cold=cold)
+    sliced = run(es, cold)
+    assert sliced.users == 40 and sliced.cold_users == int(is_cold.sum())
+    for part, rows in (("cold", is_cold), ("in", ~is_cold)):
+        alone = run(EvalSet(np.arange(int(rows.sum())), [h for h, r in zip(es.histories, rows) if r],
+                            es.targets[rows]))
+        for key, value in alone.metrics.items():
+            assert sliced.metrics[key.replace("/sasrec/", f"/sasrec/{part}/")] == pytest.approx(value, abs=1e-12)
+    assert {k: v for k, v in sliced.metrics.items() if k.count("/") == 2} == run(es).metrics  # "all" unchanged
+    # a slice without users has no metrics (not 0)
+    none_cold = run(es, np.zeros(20, dtype=bool))
+    assert none_cold.cold_users == 0 and not any("/cold/" in k for k in none_cold.metrics)
+
+
 def test_methods_a_model_does_not_offer_are_refused_with_the_ones_it_has():
     codes = collision_catalog(20, [3, 4], seed=1)
     tiger = tiny_model(codes, [3, 4, int(codes[:, -1].max()) + 1])
@@ -96,7 +120,7 @@ def test_format_table_prints_every_value_and_dashes_for_the_omitted():
                "test/exact/recall@5": 0.75, "test/exact/ndcg@5": 0.123456, "test/exact/recall@50": 1.0,
                "test/exact/ndcg@50": 0.5}
     lines = format_table(metrics, (50, 5)).splitlines()
-    assert lines[0].split() == ["split/method", "R@5", "R@50", "N@5", "N@50"]
+    assert lines[0].split() == ["split/method[/slice]", "R@5", "R@50", "N@5", "N@50"]
     assert set(lines[1]) == {"-"} and len(lines[1]) == len(lines[0])
     assert lines[2].split() == ["test/exact", "0.7500", "1.0000", "0.1235", "0.5000"]
     assert lines[3].split() == ["test/generative", "0.5000", "-", "0.2500", "-"]

@@ -89,3 +89,20 @@ def test_quantize_catalogue_smaller_than_codebook(tmp_path):
     write_embeddings(tmp_path / "embed", n=20)
     with pytest.raises(GenrecError, match="catalogue has 20 items, fewer than quantize.codebook_size=32"):
         quantize(QuantizeConfig(codebook_size=32), tmp_path / "embed", tmp_path / "q")
+
+
+def test_held_out_items_are_encoded_by_a_quantizer_fitted_without_them(tmp_path):
+    x = write_embeddings(tmp_path / "embed")
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    fit_rows = np.random.default_rng(1).random(300) > 0.2
+    cfg = QuantizeConfig(num_levels=2, codebook_size=8, iters=15, seed=0)
+    summary = quantize(cfg, tmp_path / "embed", tmp_path / "q", fit_rows=fit_rows)
+    reference = RQKMeans(num_levels=2, codebook_size=8, iters=15, seed=0)
+    fitted = reference.fit(x[fit_rows])  # the same fit on the kept rows alone: held-out rows changed nothing
+    codes = np.load(tmp_path / "q" / "codes.npy")
+    np.testing.assert_array_equal(codes[fit_rows], fitted)
+    np.testing.assert_array_equal(codes[~fit_rows], reference.encode(x[~fit_rows]))
+    for level in range(2):
+        np.testing.assert_array_equal(np.load(tmp_path / "q" / f"centroids_{level}.npy"), reference.centroids[level])
+    assert len(np.unique(np.load(tmp_path / "q" / "codes_with_suffix.npy"), axis=0)) == 300  # every ID unique
+    assert summary["fitted_items"] == int(fit_rows.sum()) and summary["num_items"] == 300

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from genrec.config import DataConfig
+from genrec.data.cold import held_out_items, without_items
 from genrec.data.loaders import Dataset
 from genrec.errors import GenrecError
 
@@ -125,7 +126,16 @@ def temporal_split(sequences: list[np.ndarray], timestamps: list[np.ndarray], *,
 
 
 def make_split(dataset: Dataset, cfg: DataConfig) -> Split:
-    """The split named by `cfg.split` ("leave_one_out" or "temporal")."""
+    """The split named by `cfg.split` ("leave_one_out" or "temporal"), without the held-out new items'
+    interactions in its training part when `cfg.cold_items` > 0 (`genrec.data.cold`)."""
+    split = _split(dataset, cfg)
+    if cfg.cold_items > 0:
+        held = held_out_items(dataset, cfg)
+        split = Split(train=without_items(split.train, held), valid=split.valid, test=split.test)
+    return split
+
+
+def _split(dataset: Dataset, cfg: DataConfig) -> Split:
     if cfg.split == "leave_one_out":
         return leave_one_out(dataset.sequences)
     if cfg.split == "temporal":

@@ -22,6 +22,12 @@ When a split's targets do repeat history items the evaluator warns, since those 
 The evaluate stage also reports every metric with history items kept in the ranking (`evaluate.with_history`,
 results key `metrics_with_history`): the protocol of most published numbers, to be compared only with those.
 With `evaluate.rankings_k` it writes each user's top list per split, method and protocol (`rankings.jsonl`).
+
+Cold-start slices (LIGER's definition): an item is a training item when it occurs anywhere in the training part
+of a sequence; a user is cold when their target is not a training item, in-set otherwise. Every metric is also
+reported per slice, `{split}/{method}/in/{metric}@{k}` and `{split}/{method}/cold/{metric}@{k}`; the key without
+a slice is all users. (LIGER truncates training sequences to the history length, which makes more items
+count as cold; genrec trains on every position of a sequence, so an item the model trained on is never cold.)
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from torch import Tensor
 from genrec.config import Config, EvaluateConfig
 from genrec.data.batches import eval_batches
 from genrec.data.prepare import load_prepared
+from genrec.data.cold import training_items
 from genrec.data.splits import EvalSet
 from genrec.distributed import DistInfo, all_reduce_sum, gather_objects
 from genrec.errors import GenrecError
@@ -60,9 +67,10 @@ MAX_DECODER_ROWS = 65536  # users x beams x decoder layers per batch (bounds the
 
 @dataclass
 class EvalResult:
-    metrics: dict[str, float] = field(default_factory=dict)  # "{split}/{method}/{metric}@{k}" -> value
+    metrics: dict[str, float] = field(default_factory=dict)  # "{split}/{method}[/{slice}]/{metric}@{k}" -> value
     omitted: dict[str, str] = field(default_factory=dict)  # key -> why it is not reported
     users: int = 0
+    cold_users: int = 0  # users whose target is not a training item (0 without a `cold` mask)
     seconds: float = 0.0
     rankings: list[Ranking] = field(default_factory=list)  # with rankings_k: this process's users' top lists
 
@@ -107,20 +115,24 @@ def evaluate_split(
     model: RetrievalModel, eval_set: EvalSet, user_bucket: np.ndarray, *, split: str, beam_size: int,
     ks: tuple[int, ...], methods: tuple[str, ...] = (), batch_size: int = 256, exclude_history: bool = False,
     rank: int = 0, world_size: int = 1, all_reduce: Callable[[Tensor], Tensor] = lambda t: t,
-    progress: bool = False, dtype: str = "auto", rankings_k: int = 0,
+    progress: bool = False, dtype: str = "auto", rankings_k: int = 0, cold: np.ndarray | None = None,
 ) -> EvalResult:
     """Recall/NDCG@k of `model`'s ranking `methods` on one split; every process calls this with its rank.
 
     A top-list method returns `beam_size` items per user, a complete one max(ks). With `rankings_k`, each
-    method's top rankings_k list of every user of this process is kept too (`EvalResult.rankings`)."""
+    method's top rankings_k list of every user of this process is kept too (`EvalResult.rankings`). With `cold`
+    ([N] bool over the catalogue: not a training item), every metric is also reported for the users whose target
+    is cold and for the others ("cold" and "in" slices)."""
     start = time.perf_counter()
     model.eval()
     ks = tuple(sorted(ks))
     rankings = methods_of(model, methods)
     returned = {m.name: max(ks) if m.complete else beam_size for m in rankings}
     method_ks = {m.name: tuple(k for k in ks if k <= returned[m.name]) for m in rankings}
-    sums = {name: torch.zeros(2, len(m_ks), dtype=torch.double) for name, m_ks in method_ks.items()}
-    count = torch.zeros(1, dtype=torch.double)
+    slices = ("all", "in", "cold") if cold is not None else ("all",)
+    sums = {(name, s): torch.zeros(2, len(m_ks), dtype=torch.double) for name, m_ks in method_ks.items()
+            for s in slices}
+    count = torch.zeros(len(slices), dtype=torch.double)
     for m in rankings:  # decoder rows (users x returned items) per batch are capped so that wide beams fit
         batch_size = max(1, min(batch_size, MAX_DECODER_ROWS // max(1, m.cost_per_item) // returned[m.name]))
         if m.max_batch:
@@ -137,29 +149,39 @@ def evaluate_split(
     autocast = (torch.autocast(device_type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext())
     out = EvalResult()
     for idx, batch in batches:
+        slice_rows = {"all": torch.ones(len(idx), dtype=torch.bool)}
+        if cold is not None:
+            is_cold = torch.from_numpy(cold[eval_set.targets[idx]])
+            slice_rows.update({"in": ~is_cold, "cold": is_cold})
+        count += torch.tensor([float(slice_rows[s].sum()) for s in slices], dtype=torch.double)
         for m in rankings:
             if method_ks[m.name]:
                 with autocast:
                     ranks = m.target_ranks(batch, returned[m.name], exclude_history)
-                sums[m.name] += metric_sums(ranks, method_ks[m.name])
+                for s, rows in slice_rows.items():
+                    sums[m.name, s] += metric_sums(ranks[rows.to(ranks.device)], method_ks[m.name])
             if rankings_k:
                 with autocast:
                     items, scores = m.recommend(batch, rankings_k, exclude_history)
                 out.rankings += top_lists(m.name, eval_set.users[idx], eval_set.targets[idx], items, scores)
-        count += batch.targets.shape[0]
-    n = float(all_reduce(count)[0])
-    for name, s in sums.items():
-        s = all_reduce(s) / max(n, 1.0)
+    counts = dict(zip(slices, all_reduce(count).tolist()))
+    n = counts["all"]
+    for (name, part), total in sums.items():
+        total = all_reduce(total) / max(counts[part], 1.0)
+        head = f"{split}/{name}" if part == "all" else f"{split}/{name}/{part}"
         for j, k in enumerate(method_ks[name]):
-            out.metrics[f"{split}/{name}/recall@{k}"] = float(s[0, j])
-            out.metrics[f"{split}/{name}/ndcg@{k}"] = float(s[1, j])
+            if counts[part] == 0:  # a slice without users has no metrics (cold_users says so)
+                continue
+            out.metrics[f"{head}/recall@{k}"] = float(total[0, j])
+            out.metrics[f"{head}/ndcg@{k}"] = float(total[1, j])
+    for name in method_ks:
         for k in ks:
             if k > returned[name]:
                 reason = (f"beam search returns {beam_size} items (evaluate.beam_size); raise it to >= {k} "
                           f"or add a method with a complete ranking to evaluate.methods")
                 out.omitted[f"{split}/{name}/recall@{k}"] = reason
                 out.omitted[f"{split}/{name}/ndcg@{k}"] = reason
-    out.users, out.seconds = int(n), time.perf_counter() - start
+    out.users, out.cold_users, out.seconds = int(n), int(counts.get("cold", 0)), time.perf_counter() - start
     return out
 
 
@@ -183,11 +205,11 @@ def format_table(metrics: dict[str, float], ks: tuple[int, ...]) -> str:
     """Rows split/method, columns R@k and N@k; '-' where a metric is not reported."""
     rows = sorted({key.rsplit("/", 1)[0] for key in metrics})
     cols = [(m, k) for m in ("recall", "ndcg") for k in sorted(ks)]
-    header = f"{'split/method':<20}" + "".join(f"{m[0].upper()}@{k:<6}" for m, k in cols)
+    header = f"{'split/method[/slice]':<24}" + "".join(f"{m[0].upper()}@{k:<6}" for m, k in cols)
     lines = [header, "-" * len(header)]
     for row in rows:
         vals = [metrics.get(f"{row}/{m}@{k}") for m, k in cols]
-        lines.append(f"{row:<20}" + "".join(f"{v:<8.4f}" if v is not None else f"{'-':<8}" for v in vals))
+        lines.append(f"{row:<24}" + "".join(f"{v:<8.4f}" if v is not None else f"{'-':<8}" for v in vals))
     return "\n".join(lines)
 
 
@@ -214,15 +236,16 @@ def format_results(results: dict[str, Any], ks: tuple[int, ...]) -> str:
 def evaluate_workspace(model: RetrievalModel, ws: Workspace, e: EvaluateConfig, dist: DistInfo, *, split: str,
                        beam_size: int, ks: tuple[int, ...], methods: tuple[str, ...] = (),
                        exclude_history: bool | None = None, rankings_k: int = 0,
-                       progress: bool = False) -> EvalResult:
+                       progress: bool = False, cold_slices: bool = False) -> EvalResult:
     """`evaluate_split` on a run's split with the settings of the `evaluate` section (`exclude_history`: None
-    takes the section's), sharded over processes."""
+    takes the section's), sharded over processes; with `cold_slices`, per in-set and cold users as well."""
+    cold = ~training_items(ws.split.train, ws.catalog.num_items) if cold_slices else None
     return evaluate_split(model, ws.split.valid if split == "valid" else ws.split.test, ws.user_bucket, split=split,
                           beam_size=beam_size, ks=ks, methods=methods, batch_size=e.batch_size,
                           exclude_history=e.exclude_history if exclude_history is None else exclude_history,
                           rank=dist.rank, world_size=dist.world_size, all_reduce=all_reduce_sum,
                           progress=progress and dist.is_main and sys.stderr.isatty(), dtype=e.dtype,
-                          rankings_k=rankings_k)
+                          rankings_k=rankings_k, cold=cold)
 
 
 def protocols(e: EvaluateConfig) -> list[tuple[str, bool]]:
@@ -256,13 +279,14 @@ def evaluate_run(cfg: Config, run: RunDir, out_dir: Path, dist: DistInfo, model_
         for key, exclude in protocols(e):
             r = evaluate_workspace(model, ws, e, dist, split=split, beam_size=e.beam_size, ks=e.ks,
                                    methods=e.methods, exclude_history=exclude, rankings_k=e.rankings_k,
-                                   progress=True)
+                                   progress=True, cold_slices=True)
             results.setdefault(key, {}).update(r.metrics)
             results["omitted"].update(r.omitted)
             results["users"][split] = r.users
+            results.setdefault("cold_users", {})[split] = r.cold_users
             results["seconds"][split] = round(results["seconds"].get(split, 0.0) + r.seconds, 2)
-            logger.info("%s (history %s): %d users in %.1f s", split, "removed" if exclude else "kept", r.users,
-                        r.seconds)
+            logger.info("%s (history %s): %d users (%d cold) in %.1f s", split, "removed" if exclude else "kept",
+                        r.users, r.cold_users, r.seconds)
             if e.rankings_k:
                 rows += ranking_rows(gather_objects(r.rankings), ws.catalog.item_ids, split, exclude)
     if dist.is_main:

@@ -92,17 +92,32 @@ QUANTIZERS: dict[str, Callable[[QuantizeConfig], Quantizer]] = {
 }
 
 
-def quantize(cfg: QuantizeConfig, embed_dir: Path, out_dir: Path) -> dict:
-    """Fit the `quantize.method` quantizer on the embed (or collab) stage's vectors and write codes, the
-    quantizer, and a summary; returns the summary."""
+def fit_and_encode(quantizer: Quantizer, x: np.ndarray, fit_rows: np.ndarray | None) -> np.ndarray:
+    """Codes [N, L] of every row of `x` [N, D]: the quantizer is fitted on the `fit_rows` [N] (all: None) and
+    encodes the others, as it would an item added after fitting."""
+    if fit_rows is None or fit_rows.all():
+        return quantizer.fit(x)
+    codes = np.empty((x.shape[0], quantizer.num_levels), dtype=np.int64)
+    codes[fit_rows] = quantizer.fit(x[fit_rows])
+    codes[~fit_rows] = quantizer.encode(x[~fit_rows])
+    return codes
+
+
+def quantize(cfg: QuantizeConfig, embed_dir: Path, out_dir: Path, fit_rows: np.ndarray | None = None) -> dict:
+    """Fit the `quantize.method` quantizer on the embed (or collab) stage's vectors (only the `fit_rows` [N] when
+    given: the rest are held-out new items, encoded without refitting) and write codes, the quantizer, and a
+    summary; returns the summary."""
     name = RAW_EMBEDDINGS if not cfg.normalize else EMBEDDINGS
     x = load_embeddings(Path(embed_dir), cfg.normalize)  # [N, D]
-    if x.shape[0] < cfg.codebook_size:
-        raise GenrecError(f"the catalogue has {x.shape[0]} items, fewer than quantize.codebook_size="
-                          f"{cfg.codebook_size}; lower it (e.g. quantize.codebook_size={max(1, x.shape[0] // 4)})")
+    fitted = x.shape[0] if fit_rows is None else int(fit_rows.sum())
+    if fitted < cfg.codebook_size:
+        what = (f"the catalogue has {fitted} items" if fit_rows is None else
+                f"the quantizer is fitted on {fitted} items (the rest are held out as new)")
+        raise GenrecError(f"{what}, fewer than quantize.codebook_size="
+                          f"{cfg.codebook_size}; lower it (e.g. quantize.codebook_size={max(1, fitted // 4)})")
     start = time.perf_counter()
     quantizer = QUANTIZERS[cfg.method](cfg)
-    codes = quantizer.fit(x)  # [N, L]
+    codes = fit_and_encode(quantizer, x, fit_rows)  # [N, L]
     with_suffix = add_collision_level(codes)  # [N, L + 1]
     health = codebook_health(codes, cfg.codebook_size)
     seconds = time.perf_counter() - start
@@ -123,6 +138,7 @@ def quantize(cfg: QuantizeConfig, embed_dir: Path, out_dir: Path) -> dict:
         "config": to_dict(cfg),
         "embeddings": f"{Path(embed_dir).name}/{name}",
         "num_items": int(x.shape[0]),
+        "fitted_items": fitted,  # the rest are held-out new items, encoded by the fitted quantizer
         "dim": int(x.shape[1]),
         "levels": levels,
         **quantizer.stats,
