@@ -368,7 +368,8 @@ def test_console_script_runs_the_tiny_recipe(tmp_path, tiny_data):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     results = json.loads((tmp_path / "run" / "evaluate" / "results.json").read_text())
-    assert sorted(results["omitted"]) == [f"{split}/generative/{m}@40" for split in ("test", "valid")
-                                          for m in ("ndcg", "recall")]  # a beam of 20 cannot rank to 40
+    assert results["cold_users"] == {"valid": 0, "test": 0}  # every target is a training item: no cold slice
+    assert sorted(results["omitted"]) == sorted(f"{split}/generative{part}/{m}@40" for split in ("test", "valid")
+                                                for part in ("", "/in") for m in ("ndcg", "recall"))  # beam of 20
     assert "test/exact/recall@40" in results["metrics"]
     assert_table_is_results(out.stdout, results)

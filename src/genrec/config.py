@@ -118,6 +118,17 @@ class TigerConfig:
     repeat_bias: bool = True  # a learned offset, by recency, on the trie node of items already in the history
     #                            (models/repeat.py): the model learns from the data whether users come back to
     #                            an item (needs trie_softmax; paper: False)
+    # the hybrid (LIGER; models/dense.py): item text as input and a dense head beside generation
+    text_input: bool = False  # add each history item's text embedding (the embed stage's), projected, to its token
+    dense_weight: float = 0.0  # > 0: a dense head predicts the next item's vector (full-catalogue softmax), with
+    #                            this weight on its loss; adds the ranking methods dense and hybrid
+    generative_weight: float = 1.0  # weight on the generative loss (loss = generative_weight x generative +
+    #                                  dense_weight x dense)
+    dense_item: str = "text+codes"  # an item's dense vector: "text" (its projected text embedding) or "text+codes"
+    #                                  (plus the sum of its code embeddings)
+    dense_temperature: float = 0.07  # the dense logits are cosine similarities divided by this
+    hybrid_candidates: int = 20  # K of the hybrid method: beam search's top K plus the new items, re-ranked by
+    #                               the dense score (method hybrid-<K> for another K)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from genrec.distributed import DistInfo, barrier, broadcast_object
 from genrec.errors import GenrecError
 from genrec.files import replace_dir, save_json, write_bytes
 from genrec.models.registry import MODELS
+from genrec.models.types import offers
 from genrec.provenance import machine, versions
 from genrec.rundir import PARTIAL_STAMP, STAGES, STAMP, RunDir
 from genrec.stages import RUN
@@ -181,8 +182,8 @@ def check_devices(cfg: Config, stages: tuple[str, ...]) -> None:
 def run(cfg: Config, dist: DistInfo, stages: tuple[str, ...] = STAGES, force: bool = False,
         on_stage: Callable[[str, bool], None] | None = None) -> None:
     """Run `stages` in order, holding the run directory's lock; with force every one of them reruns."""
-    offered = MODELS[cfg.model.kind].methods
-    unknown = [m for m in cfg.evaluate.methods if m not in offered]
+    offered = MODELS[cfg.model.kind].offered_methods(cfg.model.section)
+    unknown = [m for m in cfg.evaluate.methods if not offers(offered, m)]
     if unknown:  # fail now, not after training
         raise GenrecError(f"evaluate.methods names {', '.join(unknown)}, which model.kind={cfg.model.kind} does not "
                           f"offer; choose from {', '.join(offered)}")

@@ -21,6 +21,7 @@ def validate(cfg: Config) -> None:
         "quantize.method": (q.method, ("rqkmeans",)),
         "model.kind": (m.kind, ("tiger", "sasrec")),
         "model.tiger.item_tokens": (g.item_tokens, ("codes", "sum")),
+        "model.tiger.dense_item": (g.dense_item, ("text", "text+codes")),
         "model.sasrec.positions_from": (s.positions_from, ("first", "last")),
         "train.dtype": (t.dtype, ("float32", "bfloat16")),
         "train.target_weights": (t.target_weights, ("batch", "equal")),
@@ -63,6 +64,11 @@ def validate(cfg: Config) -> None:
                        "train.adam_beta2": t.adam_beta2}.items():
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"{key} must be in [0, 1), got {value}")
+    if g.dense_weight < 0 or g.generative_weight < 0 or g.dense_weight + g.generative_weight == 0 \
+            or g.dense_temperature <= 0 or g.hybrid_candidates < 1:
+        raise ConfigError(f"model.tiger.dense_weight and generative_weight must be >= 0 and not both 0, "
+                          f"dense_temperature above 0 and hybrid_candidates at least 1; got {g.dense_weight}, "
+                          f"{g.generative_weight}, {g.dense_temperature}, {g.hybrid_candidates}")
     if g.repeat_bias and not g.trie_softmax:
         raise ConfigError("model.tiger.repeat_bias offsets a trie node inside its parent's softmax, which needs "
                           "model.tiger.trie_softmax=true; set one of them to false")

@@ -9,12 +9,14 @@ import numpy as np
 
 from genrec.config import Config
 from genrec.data.batches import user_buckets
+from genrec.data.cold import training_items
 from genrec.data.loaders import Dataset
 from genrec.data.prepare import load_prepared
 from genrec.data.splits import Split, make_split
 from genrec.errors import GenrecError
 from genrec.ids.catalog import Catalog
-from genrec.rundir import RunDir
+from genrec.ids.quantize import load_embeddings
+from genrec.rundir import EMBEDDINGS, RunDir
 
 
 @dataclass
@@ -55,7 +57,13 @@ def catalog_of(cfg: Config, run: RunDir, dataset: Dataset, with_sids: bool = Tru
 
 def load_workspace(cfg: Config, run: RunDir, with_sids: bool = True) -> Workspace:
     """The run's workspace; `with_sids=False` for a model that needs no semantic IDs (before quantize). Users get
-    hashed tokens when the model's section asks for them (`num_user_buckets`)."""
+    hashed tokens when the model's section asks for them (`num_user_buckets`). The catalogue carries the embed
+    stage's text embeddings where it wrote them, and which items are new (in no training sequence)."""
     dataset = load_prepared(run.prepared)
     buckets = user_buckets(dataset.user_ids, getattr(cfg.model.section, "num_user_buckets", 0))
-    return Workspace(catalog_of(cfg, run, dataset, with_sids), make_split(dataset, cfg.data), buckets)
+    split = make_split(dataset, cfg.data)
+    catalog = catalog_of(cfg, run, dataset, with_sids)
+    catalog.new_items = ~training_items(split.train, catalog.num_items)
+    if (run.stage("embed") / EMBEDDINGS).is_file():
+        catalog.text = load_embeddings(run.stage("embed"), normalize=True)
+    return Workspace(catalog, split, buckets)

@@ -137,7 +137,7 @@ def test_from_catalog_takes_the_semantic_ids_and_level_sizes():
     model = Tiger.from_catalog(tiny_config(), catalog=catalog, max_history=5)
     assert model.level_sizes == [4, 4, 2] and model.max_history == 5
     assert torch.equal(model.item_codes, torch.from_numpy(sids))
-    assert model.checkpoint_meta() == {"level_sizes": [4, 4, 2], "max_history": 5, "num_items": 4}
+    assert model.checkpoint_meta() == {"level_sizes": [4, 4, 2], "max_history": 5, "num_items": 4, "text_dim": 0}
     assert model.head.out_features == 4 + 4 + 2  # one output per code of every level
 
 

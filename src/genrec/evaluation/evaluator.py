@@ -55,7 +55,7 @@ from genrec.errors import GenrecError
 from genrec.evaluation.metrics import metric_sums
 from genrec.files import save_json, write_bytes
 from genrec.models.checkpoint import check_catalog, load_model
-from genrec.models.types import RankingMethod, RetrievalModel
+from genrec.models.types import RankingMethod, RetrievalModel, offers
 from genrec.plots import RECALL_AT_K, recall_at_k
 from genrec.rundir import RANKINGS, RESULTS, RunDir
 from genrec.workspace import Workspace, load_workspace
@@ -103,7 +103,7 @@ def resolve_dtype(dtype: str, device_type: str) -> str:
 def methods_of(model: RetrievalModel, names: tuple[str, ...]) -> list[RankingMethod]:
     """The model's ranking methods named by `names` (empty: its default), or a GenrecError naming the ones it has."""
     names = names or model.methods[:1]
-    unknown = [n for n in names if n not in model.methods]
+    unknown = [n for n in names if not offers(tuple(model.methods), n)]
     if unknown:
         raise GenrecError(f"evaluate.methods names {', '.join(unknown)}, which a {type(model).__name__} does not "
                           f"offer; choose from {', '.join(model.methods)}")
@@ -127,7 +127,8 @@ def evaluate_split(
     model.eval()
     ks = tuple(sorted(ks))
     rankings = methods_of(model, methods)
-    returned = {m.name: max(ks) if m.complete else beam_size for m in rankings}
+    returned = {m.name: max(ks) if m.complete else min(beam_size, m.list_size or beam_size) for m in rankings}
+    lists = {m.name: m.list_size for m in rankings}
     method_ks = {m.name: tuple(k for k in ks if k <= returned[m.name]) for m in rankings}
     slices = ("all", "in", "cold") if cold is not None else ("all",)
     sums = {(name, s): torch.zeros(2, len(m_ks), dtype=torch.double) for name, m_ks in method_ks.items()
@@ -174,13 +175,19 @@ def evaluate_split(
                 continue
             out.metrics[f"{head}/recall@{k}"] = float(total[0, j])
             out.metrics[f"{head}/ndcg@{k}"] = float(total[1, j])
-    for name in method_ks:
+    for name, part in sums:
+        if counts[part] == 0:
+            continue
+        head = f"{split}/{name}" if part == "all" else f"{split}/{name}/{part}"
         for k in ks:
             if k > returned[name]:
                 reason = (f"beam search returns {beam_size} items (evaluate.beam_size); raise it to >= {k} "
                           f"or add a method with a complete ranking to evaluate.methods")
-                out.omitted[f"{split}/{name}/recall@{k}"] = reason
-                out.omitted[f"{split}/{name}/ndcg@{k}"] = reason
+                if returned[name] < beam_size:
+                    reason = (f"{name} returns at most {lists[name]} items (its candidates and the new items); "
+                              f"report k <= {lists[name]}")
+                out.omitted[f"{head}/recall@{k}"] = reason
+                out.omitted[f"{head}/ndcg@{k}"] = reason
     out.users, out.cold_users, out.seconds = int(n), int(counts.get("cold", 0)), time.perf_counter() - start
     return out
 

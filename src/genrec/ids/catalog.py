@@ -1,5 +1,5 @@
-"""The catalogue of a run: item IDs, their text fields and (once quantized) their semantic IDs, level sizes and
-prefix trie."""
+"""The catalogue of a run: item IDs, their text fields and text embeddings, which items are new (in no training
+sequence), and (once quantized) their semantic IDs, level sizes and prefix trie."""
 
 from __future__ import annotations
 
@@ -32,6 +32,8 @@ class Catalog:
     items: list[dict[str, Any]]  # text fields per item
     sids: np.ndarray | None = None  # [N, C] int64 semantic IDs with the collision level; None before quantize
     codebook_size: int = 0  # K of the quantizer levels (the collision level has its own size)
+    text: np.ndarray | None = None  # [N, E] float32 L2-normalised text embeddings (the embed stage's); None without
+    new_items: np.ndarray | None = None  # [N] bool: items no training sequence holds (new, cold-start items)
     _trie: Trie | None = field(default=None, repr=False)
 
     @property

@@ -24,6 +24,7 @@ class Memory:
     token_item: Tensor  # [S] history position of each token (-1: the user token)
     absorbed: tuple[Tensor, Tensor, Tensor] | None = None  # the first decoder layer's cross-attention folded
     #                                                          into its projections (`tiger_decoder.absorb`), made on demand
+    states: Tensor | None = None  # [B, S, D] the encoder's output itself (what a dense head reads)
 
 
 # Below this many keys, attention runs as two batched matmuls and a softmax: the fused kernel's blocking costs

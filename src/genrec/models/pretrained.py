@@ -91,6 +91,12 @@ def read_model_dir(directory: Path, classes: dict[str, Any], *, map_location: st
 
 class Pretrained:
     kind: str = ""  # the model's name in config.json and `model.kind`
+    methods: tuple[str, ...] = ()
+
+    @classmethod
+    def offered_methods(cls, section: Any) -> tuple[str, ...]:
+        """The ranking methods a model of this config section offers (its class's `methods` unless it says)."""
+        return cls.methods
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, *, device: str = "cpu", revision: str | None = None) -> Any:

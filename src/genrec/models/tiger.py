@@ -20,12 +20,15 @@ from torch import Tensor, nn
 from genrec.config import TigerConfig
 from genrec.data.batches import Batch
 from genrec.ids.catalog import Catalog
+from genrec.errors import GenrecError
 from genrec.ids.trie import Trie, build_trie
+from genrec.models.code_losses import code_distributions, masked_cross_entropy
+from genrec.models.dense import DenseHead, ItemText, dense_method, hybrid_method
 from genrec.models.layers import DecoderLayer, EncoderLayer, Memory
 from genrec.models.pretrained import Pretrained
 from genrec.models.repeat import RepeatBias, child_offsets, history_nodes, seen_rows
 from genrec.models.tiger_decoder import TigerDecoder
-from genrec.models.types import Output, RankingMethod
+from genrec.models.types import Output, RankingMethod, method_parameter
 from genrec.search import (
     beam_ranks,
     beam_search,
@@ -33,17 +36,6 @@ from genrec.search import (
     ranks_in_scores,
     score_catalog,
 )
-
-
-def _masked_cross_entropy(z: Tensor, target: Tensor, mask: Tensor, label_smoothing: float) -> Tensor:
-    """Cross-entropy of logits z [n, K] restricted to the codes in mask [n, K] (the target's among them); label
-    smoothing spreads over those codes only. A row with a single allowed code contributes zero loss."""
-    logp = F.log_softmax(z.masked_fill(~mask, float("-inf")), dim=-1)
-    nll = -logp.gather(1, target[:, None]).squeeze(1)
-    if label_smoothing:
-        smooth = -torch.where(mask, logp, 0.0).sum(1) / mask.sum(1)
-        nll = (1 - label_smoothing) * nll + label_smoothing * smooth
-    return nll.mean()
 
 
 class Tiger(nn.Module, Pretrained):
@@ -54,9 +46,11 @@ class Tiger(nn.Module, Pretrained):
     learns_from_teacher = True  # distillation from a teacher's next-item distribution (`forward`)
     uses_sids = True  # generates semantic IDs: its checkpoint is tied to them
 
-    def __init__(self, *, cfg: TigerConfig, item_codes: Tensor, level_sizes: list[int], max_history: int) -> None:
+    def __init__(self, *, cfg: TigerConfig, item_codes: Tensor, level_sizes: list[int], max_history: int,
+                 item_text: Tensor | None = None) -> None:
         super().__init__()
         self.cfg, self.level_sizes, self.max_history = cfg, list(level_sizes), max_history
+        self.methods = self.offered_methods(cfg)
         C = len(level_sizes)
         assert item_codes.shape[1] == C
         self.register_buffer("item_codes", item_codes.long(), persistent=True)  # [N, C]
@@ -78,24 +72,53 @@ class Tiger(nn.Module, Pretrained):
         self.drop = nn.Dropout(cfg.dropout)
         # offsets act inside the softmax over a node's children (a config asking for one without it is refused)
         self.repeat = RepeatBias(max_history) if cfg.repeat_bias and cfg.trie_softmax else None
+        # the hybrid (models/dense.py): item text as input, a dense head beside generation
+        self.text = ItemText(item_text, D) if item_text is not None and self.needs_text(cfg) else None
+        assert (self.text is None) == (not self.needs_text(cfg)), "this configuration needs the items' text"
+        self.dense = DenseHead(d_model=D, num_items=item_codes.shape[0], max_history=max_history,
+                               temperature=cfg.dense_temperature, repeat_bias=self.repeat is not None) \
+            if cfg.dense_weight > 0 else None
         self.apply(self._init)
         if self.recency_emb is not None:
             nn.init.zeros_(self.recency_emb.weight)  # starts as plain attention
 
+    @staticmethod
+    def needs_text(cfg: TigerConfig) -> bool:
+        return cfg.text_input or cfg.dense_weight > 0
+
+    @classmethod
+    def offered_methods(cls, cfg: TigerConfig) -> tuple[str, ...]:
+        """Beam search (the default) and exact scoring; with a dense head also dense and hybrid (hybrid-<K>)."""
+        return ("generative", "exact") + (("dense", "hybrid") if cfg.dense_weight > 0 else ())
+
     def checkpoint_meta(self) -> dict[str, Any]:
         return {"level_sizes": self.level_sizes, "max_history": self.max_history,
-                "num_items": int(self.item_codes.shape[0])}
+                "num_items": int(self.item_codes.shape[0]),
+                "text_dim": 0 if self.text is None else int(self.text.item_text.shape[1])}
 
     @classmethod
     def from_catalog(cls, cfg: TigerConfig, *, catalog: Catalog, max_history: int) -> Tiger:
-        return cls(cfg=cfg, item_codes=torch.from_numpy(catalog.require_sids()), level_sizes=catalog.level_sizes,
-                   max_history=max_history)
+        text = None
+        if cls.needs_text(cfg):
+            if catalog.text is None:
+                raise GenrecError("model.tiger.text_input and model.tiger.dense_weight > 0 read the items' text "
+                                  "embeddings, and this run has none (its items have no text, or the embed stage "
+                                  "did not run); set model.tiger.text_input=false and model.tiger.dense_weight=0")
+            text = torch.from_numpy(catalog.text)
+        model = cls(cfg=cfg, item_codes=torch.from_numpy(catalog.require_sids()), level_sizes=catalog.level_sizes,
+                    max_history=max_history, item_text=text)
+        if model.dense is not None and catalog.new_items is not None:
+            model.dense.new_items.copy_(torch.from_numpy(catalog.new_items))
+        return model
 
     @classmethod
     def from_checkpoint(cls, cfg: TigerConfig, meta: dict[str, Any]) -> Tiger:
-        """An untrained Tiger of the saved shape (its weights and `item_codes` come from the state dict)."""
+        """An untrained Tiger of the saved shape (its weights, `item_codes` and item text come from the state
+        dict)."""
         codes = torch.zeros(meta["num_items"], len(meta["level_sizes"]), dtype=torch.long)
-        return cls(cfg=cfg, item_codes=codes, level_sizes=meta["level_sizes"], max_history=meta["max_history"])
+        text = torch.zeros(meta["num_items"], meta["text_dim"]) if meta.get("text_dim") else None
+        return cls(cfg=cfg, item_codes=codes, level_sizes=meta["level_sizes"], max_history=meta["max_history"],
+                   item_text=text)
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -133,6 +156,8 @@ class Tiger(nn.Module, Pretrained):
         emb = self.code_emb(codes)  # [B, T, C, D]
         B, T, C, D = emb.shape
         per_item = 1 if self.cfg.item_tokens == "sum" else C
+        if self.text is not None and self.cfg.text_input:  # each item's projected text joins its token(s)
+            emb = emb + self.text(history)[:, :, None] / (C if per_item == 1 else 1)
         x = emb.sum(2) if per_item == 1 else emb.reshape(B, T * C, D)  # [B, S, D]
         mask = valid.repeat_interleave(per_item, dim=1)  # [B, S]
         token_item = torch.arange(T, device=x.device).repeat_interleave(per_item)  # [S]
@@ -154,11 +179,27 @@ class Tiger(nn.Module, Pretrained):
             x = layer(x, enc_mask)
         x = self.enc_norm(x)
         keys, values = zip(*(layer.cross_attn.project_kv(x) for layer in self.decoder))
-        memory = Memory(list(keys), list(values), key_mask, token_item)
+        memory = Memory(list(keys), list(values), key_mask, token_item, states=x)
         if self.recency_emb is not None and not (batch.targets is not None and batch.targets.ndim == 2):
             last = (valid * torch.arange(T, device=x.device)).amax(1)  # [B] index of the most recent item
             memory.mask = self.cross_mask(key_mask, last[:, None], token_item)  # [B, H, 1, S]
         return memory
+
+    def item_states(self, memory: Memory) -> Tensor:
+        """The encoder state at each history item's last token [B, T, D]: what the dense head reads (with the
+        causal encoder, the state at item t has seen items <= t only)."""
+        per_item = 1 if self.cfg.item_tokens == "sum" else self.num_levels
+        first = 1 if self.user_emb is not None else 0
+        T = (memory.states.shape[1] - first) // per_item
+        return memory.states[:, first + per_item - 1 :: per_item][:, :T]
+
+    def dense_vectors(self) -> Tensor:
+        """Every item's dense vector [N, D]: its projected text, plus the sum of its code embeddings."""
+        assert self.text is not None
+        vectors = self.text.all()
+        if self.cfg.dense_item == "text+codes":
+            vectors = vectors + self.code_emb(self.item_codes + self.offsets).sum(1)
+        return vectors
 
     def repeat_nodes(self, history: Tensor, live: Tensor | None = None,
                      trie: Trie | None = None) -> list[tuple[Tensor, Tensor]] | None:
@@ -233,41 +274,9 @@ class Tiger(nn.Module, Pretrained):
         return F.log_softmax(z.masked_fill(~valid, float("-inf")), dim=-1).masked_fill(~valid, float("-inf"))
 
     def code_distributions(self, item_probs: Tensor, targets: Tensor) -> list[Tensor]:
-        """A distribution over items [n, N] and target items [n] -> per level l, the distribution over level
-        l's codes [n, K_l] of an item drawn from it, given that it starts with the target's first l codes:
-        q_l(k) = sum of p(i) over items i with codes[:l] = the target's and code k at level l, normalised.
-        Rows whose prefix has no mass are all zero.
-
-        Level 0 sums the whole catalogue by code. Below it, the items under the target's prefix are a contiguous
-        run of the trie's leaf order, at most as long as the largest subtree of that depth, so each child's mass
-        is a difference of one running sum over that short window."""
-        trie, device = self.trie, item_probs.device
-        n, N = item_probs.shape
-        first_leaf = self.__dict__.get("_first_leaf")  # per depth: each node's first leaf in leaf order, + the end
-        if first_leaf is None or first_leaf[0].device != device or first_leaf[-1].numel() != N + 1:
-            first_leaf = [trie.first_leaf(d) for d in range(self.num_levels + 1)]
-            self.__dict__["_first_leaf"] = first_leaf
-        mass0 = torch.zeros(n, self.level_sizes[0], device=device).index_add_(1, self.item_codes[:, 0], item_probs)
-        out = [mass0 / mass0.sum(1, keepdim=True).clamp(min=1e-30)]
-        paths = trie.paths(targets)  # [n, C]
-        for level in range(1, self.num_levels):
-            start = first_leaf[level][paths[:, level]]  # [n] the prefix's leaves are start : end
-            end = first_leaf[level][paths[:, level] + 1]
-            width = int((first_leaf[level][1:] - first_leaf[level][:-1]).max())
-            leaf = start[:, None] + torch.arange(width, device=device)  # [n, W]
-            inside = leaf < end[:, None]
-            window = item_probs.gather(1, trie.leaf_item[leaf.clamp(max=N - 1)]).masked_fill(~inside, 0.0)
-            cum = F.pad(window.cumsum(1, dtype=torch.float64), (1, 0))  # [n, W + 1]
-            child, valid = trie.children(level, paths[:, level])  # [n, M]
-            lo = (first_leaf[level + 1][child] - start[:, None]).clamp(0, width)
-            hi = (first_leaf[level + 1][child + 1] - start[:, None]).clamp(0, width)
-            mass = torch.where(valid, cum.gather(1, hi) - cum.gather(1, lo), 0.0)
-            mass = mass / mass.sum(1, keepdim=True).clamp(min=1e-300)
-            K = self.level_sizes[level]
-            q = torch.zeros(n, K + 1, dtype=torch.float64, device=device)
-            q.scatter_(1, torch.where(valid, trie.node_code[level][child], K), mass)
-            out.append(q[:, :K].float())
-        return out
+        """The teacher's distribution over items [n, N] summed to each level's codes given the target's prefix
+        (`code_losses.code_distributions`)."""
+        return code_distributions(self, item_probs, targets)
 
     def forward(self, batch: Batch, *, label_smoothing: float = 0.0, teacher: Tensor | None = None,
                 distill: float = 0.0) -> Output:
@@ -321,14 +330,23 @@ class Tiger(nn.Module, Pretrained):
             if mask is None:
                 loss = F.cross_entropy(z.float(), codes[:, level], label_smoothing=label_smoothing)
             else:
-                loss = _masked_cross_entropy(z.float(), codes[:, level], mask, label_smoothing)
+                loss = masked_cross_entropy(z.float(), codes[:, level], mask, label_smoothing)
             if soft is not None:
                 logp = F.log_softmax(z.float() if mask is None else z.float().masked_fill(~mask, float("-inf")), -1)
                 q = soft[level]  # zero wherever the model's softmax is masked (no item there)
                 kl = (torch.xlogy(q, q) - q * logp.masked_fill(q == 0, 0.0)).sum(1).mean()
                 loss = (1 - distill) * loss + distill * kl
             losses.append(loss)
-        return Output(loss=torch.stack(losses).mean(), logits=logits)
+        loss = torch.stack(losses).mean()
+        if self.dense is not None:  # the next item's dense vector, at the same positions
+            states = self.item_states(memory)
+            states = states[live] if per_position else states[:, -1]
+            history = batch.history if per_position else batch.history[:, -self.max_history :]
+            z = self.dense.logits(states, self.dense_vectors(), history, live if per_position else None)
+            dense = F.cross_entropy(z, targets[live], label_smoothing=label_smoothing)
+            loss = self.cfg.generative_weight * loss + self.cfg.dense_weight * dense
+            logits.append(z)
+        return Output(loss=loss, logits=logits)
 
     # ---- ranking -------------------------------------------------------------------------------------
     def code_decoder(self, trie: Trie | None = None, *, use_kv_cache: bool = True) -> TigerDecoder:
@@ -342,6 +360,10 @@ class Tiger(nn.Module, Pretrained):
         if name == "exact":  # every item's log-probability: a complete ranking
             return RankingMethod("exact", complete=True, recommend=self._exact_recommend,
                                  target_ranks=self._exact_ranks, max_batch=8)
+        if self.dense is not None and name == "dense":  # every item by its dense score
+            return dense_method(self)
+        if self.dense is not None and name.split("-")[0] == "hybrid":  # top K of the beam + new items, re-ranked
+            return hybrid_method(self, method_parameter(name) or self.cfg.hybrid_candidates)
         raise KeyError(name)
 
     @torch.no_grad()

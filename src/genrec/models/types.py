@@ -3,7 +3,9 @@
 - `forward(batch, *, label_smoothing, teacher, distill) -> Output`: the training loss (`teacher` and `distill`
   only reach a model whose `learns_from_teacher` is true);
 - `ranking(name) -> RankingMethod` for each name in `methods` (the first is the model's default): how the model
-  ranks the catalogue for a batch of histories, and whether that ranking is complete (any k) or a top list;
+  ranks the catalogue for a batch of histories, and whether that ranking is complete (any k) or a top list; a
+  method with a parameter is also asked for as `<name>-<n>` (hybrid-40);
+- `offered_methods(section)` (a classmethod): the methods a model of that config section will offer;
 - `all_positions`: whether training feeds whole sequences with a target at every position;
 - `from_catalog(section, catalog=, max_history=)` builds one; `checkpoint_meta()` and
   `from_checkpoint(section, meta)` are what a model directory needs to rebuild it.
@@ -43,6 +45,18 @@ class RankingMethod:
     target_ranks: Callable[[Batch, int, bool], Tensor]
     cost_per_item: int = 1  # work per user and returned item relative to one decoder row (bounds eval batches)
     max_batch: int = 0  # users per evaluation batch at most (0: no limit of its own)
+    list_size: int = 0  # a top list's most items whatever the beam (0: as many as the beam size)
+
+
+def method_parameter(name: str) -> int | None:
+    """The integer parameter of a method name written `<method>-<n>` (hybrid-40 -> 40), else None."""
+    base, _, n = name.partition("-")
+    return int(n) if base and n.isdigit() and int(n) > 0 else None
+
+
+def offers(methods: tuple[str, ...], name: str) -> bool:
+    """Whether a model offering `methods` has the method `name` (a listed one, or one with a parameter)."""
+    return name in methods or (method_parameter(name) is not None and name.partition("-")[0] in methods)
 
 
 class RetrievalModel(Protocol):

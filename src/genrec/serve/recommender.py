@@ -24,6 +24,7 @@ from torch import nn
 from genrec.data.batches import Batch, user_buckets
 from genrec.errors import GenrecError
 from genrec.models.checkpoint import load_items, load_model
+from genrec.models.types import offers
 from genrec.rundir import RunDir
 
 
@@ -130,7 +131,7 @@ class Recommender:
         if not rows:
             return []
         name = method or self.methods[0]
-        if name not in self.methods:
+        if not offers(self.methods, name):
             raise GenrecError(f"method {name!r} is not offered by this {type(self.model).__name__}; choose from "
                               f"{', '.join(self.methods)}")
         if not 1 <= k <= len(self.item_ids):

@@ -1,0 +1,62 @@
+"""The generative head's per-level losses: cross-entropy over the codes a trie node allows, and the teacher's
+next-item distribution summed to each level's codes (distillation)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from genrec.models.tiger import Tiger
+
+
+def masked_cross_entropy(z: Tensor, target: Tensor, mask: Tensor, label_smoothing: float) -> Tensor:
+    """Cross-entropy of logits z [n, K] restricted to the codes in mask [n, K] (the target's among them); label
+    smoothing spreads over those codes only. A row with a single allowed code contributes zero loss."""
+    logp = F.log_softmax(z.masked_fill(~mask, float("-inf")), dim=-1)
+    nll = -logp.gather(1, target[:, None]).squeeze(1)
+    if label_smoothing:
+        smooth = -torch.where(mask, logp, 0.0).sum(1) / mask.sum(1)
+        nll = (1 - label_smoothing) * nll + label_smoothing * smooth
+    return nll.mean()
+
+
+def code_distributions(model: Tiger, item_probs: Tensor, targets: Tensor) -> list[Tensor]:
+    """A distribution over items [n, N] and target items [n] -> per level l, the distribution over level
+    l's codes [n, K_l] of an item drawn from it, given that it starts with the target's first l codes:
+    q_l(k) = sum of p(i) over items i with codes[:l] = the target's and code k at level l, normalised.
+    Rows whose prefix has no mass are all zero.
+
+    Level 0 sums the whole catalogue by code. Below it, the items under the target's prefix are a contiguous
+    run of the trie's leaf order, at most as long as the largest subtree of that depth, so each child's mass
+    is a difference of one running sum over that short window."""
+    trie, device = model.trie, item_probs.device
+    n, N = item_probs.shape
+    first_leaf = model.__dict__.get("_first_leaf")  # per depth: each node's first leaf in leaf order, + the end
+    if first_leaf is None or first_leaf[0].device != device or first_leaf[-1].numel() != N + 1:
+        first_leaf = [trie.first_leaf(d) for d in range(model.num_levels + 1)]
+        model.__dict__["_first_leaf"] = first_leaf
+    mass0 = torch.zeros(n, model.level_sizes[0], device=device).index_add_(1, model.item_codes[:, 0], item_probs)
+    out = [mass0 / mass0.sum(1, keepdim=True).clamp(min=1e-30)]
+    paths = trie.paths(targets)  # [n, C]
+    for level in range(1, model.num_levels):
+        start = first_leaf[level][paths[:, level]]  # [n] the prefix's leaves are start : end
+        end = first_leaf[level][paths[:, level] + 1]
+        width = int((first_leaf[level][1:] - first_leaf[level][:-1]).max())
+        leaf = start[:, None] + torch.arange(width, device=device)  # [n, W]
+        inside = leaf < end[:, None]
+        window = item_probs.gather(1, trie.leaf_item[leaf.clamp(max=N - 1)]).masked_fill(~inside, 0.0)
+        cum = F.pad(window.cumsum(1, dtype=torch.float64), (1, 0))  # [n, W + 1]
+        child, valid = trie.children(level, paths[:, level])  # [n, M]
+        lo = (first_leaf[level + 1][child] - start[:, None]).clamp(0, width)
+        hi = (first_leaf[level + 1][child + 1] - start[:, None]).clamp(0, width)
+        mass = torch.where(valid, cum.gather(1, hi) - cum.gather(1, lo), 0.0)
+        mass = mass / mass.sum(1, keepdim=True).clamp(min=1e-300)
+        K = model.level_sizes[level]
+        q = torch.zeros(n, K + 1, dtype=torch.float64, device=device)
+        q.scatter_(1, torch.where(valid, trie.node_code[level][child], K), mass)
+        out.append(q[:, :K].float())
+    return out

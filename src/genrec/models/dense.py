@@ -1,0 +1,119 @@
+"""The dense side of the hybrid (LIGER: Yang et al., "Unifying Generative and Dense Retrieval for Sequential
+Recommendation"): item text as model input, and a head that predicts the next item's vector, so that a model
+that generates semantic IDs can also score every item, new ones included.
+
+- `ItemText`: the items' text embeddings [N, E] (the embed stage's, L2-normalised; a buffer, so that a model
+  directory carries them) and a learned projection to d_model. With `text_input` the projection of each history
+  item's text is added to its token.
+- `DenseHead`: a history state [n, D] -> the cosine of its projection with every item's vector, divided by a
+  temperature -> logits [n, N], trained with a full-catalogue softmax beside the generative loss. An item's
+  vector is its projected text ("text"), plus the sum of its code embeddings ("text+codes"): a new item has text
+  and codes but no interactions, and both reach it. With a repeat bias the history items get its offsets, as
+  in SASRec. `new_items` [N] marks the items no training sequence held (the catalogue's new items; items added to
+  a trained model join them).
+- Ranking methods built here for the model: `dense` (every item by its dense log-probability: complete) and
+  `hybrid-K` (beam search's top K plus every new item, re-ranked by the dense score: at most K + new items).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from genrec.data.batches import Batch
+from genrec.models.repeat import RepeatBias, seen_rows
+from genrec.models.types import RankingMethod
+from genrec.search import beam_search, drop_items, ranks_in_scores
+
+if TYPE_CHECKING:
+    from genrec.models.tiger import Tiger
+
+
+class ItemText(nn.Module):
+    """Frozen item text embeddings [N, E] and their learned projection to d_model."""
+
+    def __init__(self, text: Tensor, d_model: int) -> None:
+        super().__init__()
+        self.register_buffer("item_text", text.float(), persistent=True)  # [N, E]
+        self.proj = nn.Linear(text.shape[1], d_model, bias=False)
+
+    def forward(self, items: Tensor) -> Tensor:
+        """items [...] (-1: padding) -> projected text [..., D] (zero for padding)."""
+        return self.proj(self.item_text[items.clamp(min=0)]) * (items >= 0)[..., None]
+
+    def all(self) -> Tensor:  # [N, D]
+        return self.proj(self.item_text)
+
+
+class DenseHead(nn.Module):
+    """History state -> next-item logits over the catalogue by cosine with the items' vectors."""
+
+    def __init__(self, *, d_model: int, num_items: int, max_history: int, temperature: float,
+                 repeat_bias: bool) -> None:
+        super().__init__()
+        self.query = nn.Linear(d_model, d_model)
+        self.temperature = temperature
+        self.register_buffer("new_items", torch.zeros(num_items, dtype=torch.bool), persistent=True)  # [N]
+        self.repeat = RepeatBias(max_history) if repeat_bias else None
+
+    def logits(self, states: Tensor, item_vectors: Tensor, history: Tensor, live: Tensor | None) -> Tensor:
+        """states [n, D] of the predictions after each position where live [B, T] is true (or after the last
+        position: live None) of history [B, T]; item_vectors [N, D] -> float32 logits [n, N]."""
+        with torch.autocast(states.device.type, enabled=False):  # bf16 cosines would tie many items
+            q = F.normalize(self.query(states.float()), dim=-1)
+            z = q @ F.normalize(item_vectors.float(), dim=-1).T / self.temperature  # [n, N]
+        if self.repeat is not None:
+            items, ago = seen_rows(history, live)  # [n, T]
+            z = z.scatter_add(1, items.clamp(min=0), self.repeat(ago))
+        return z
+
+
+def dense_log_probs(model: Tiger, batch: Batch, exclude_history: bool) -> Tensor:
+    """Every catalogue item's dense log-probability as the next item [B, N] (-inf for removed history items)."""
+    history = batch.history[:, -model.max_history :]
+    memory = model.encode(Batch(batch.users, history))
+    z = model.dense.logits(model.item_states(memory)[:, -1], model.dense_vectors(), history, None)
+    scores = F.log_softmax(z, dim=-1)
+    return drop_items(scores, history) if exclude_history else scores
+
+
+def dense_method(model: Tiger) -> RankingMethod:
+    def recommend(batch: Batch, k: int, exclude_history: bool) -> tuple[Tensor, Tensor]:
+        top, items = dense_log_probs(model, batch, exclude_history).topk(min(k, model.dense.new_items.numel()), dim=1)
+        return torch.where(torch.isfinite(top), items, -1), top
+
+    def target_ranks(batch: Batch, k: int, exclude_history: bool) -> Tensor:
+        return ranks_in_scores(dense_log_probs(model, batch, exclude_history), batch.targets, k)
+
+    return RankingMethod("dense", complete=True, recommend=torch.no_grad()(recommend),
+                         target_ranks=torch.no_grad()(target_ranks))
+
+
+def hybrid_scores(model: Tiger, batch: Batch, candidates: int, exclude_history: bool) -> Tensor:
+    """Dense log-probabilities [B, N] of beam search's top `candidates` items and of every new item; -inf for the
+    rest (and for history items when removed)."""
+    beam = beam_search(model.code_decoder(), batch, model.trie, beam_size=candidates,
+                       exclude_history=exclude_history).items  # [B, K]
+    scores = dense_log_probs(model, batch, exclude_history)  # [B, N]
+    keep = model.dense.new_items[None].expand_as(scores).clone()
+    rows, cols = (beam >= 0).nonzero(as_tuple=True)
+    keep[rows, beam[rows, cols]] = True
+    return scores.masked_fill(~keep, float("-inf"))
+
+
+def hybrid_method(model: Tiger, candidates: int) -> RankingMethod:
+    def recommend(batch: Batch, k: int, exclude_history: bool) -> tuple[Tensor, Tensor]:
+        scores = hybrid_scores(model, batch, candidates, exclude_history)
+        top, items = scores.topk(min(k, scores.shape[1]), dim=1)
+        return torch.where(torch.isfinite(top), items, -1), top
+
+    def target_ranks(batch: Batch, k: int, exclude_history: bool) -> Tensor:
+        return ranks_in_scores(hybrid_scores(model, batch, candidates, exclude_history), batch.targets, k)
+
+    name = "hybrid" if candidates == model.cfg.hybrid_candidates else f"hybrid-{candidates}"
+    return RankingMethod(name, complete=False, recommend=torch.no_grad()(recommend),
+                         target_ranks=torch.no_grad()(target_ranks), cost_per_item=len(model.decoder),
+                         list_size=candidates + int(model.dense.new_items.sum()))

@@ -1,0 +1,120 @@
+"""The hybrid's dense side (models/dense.py): dense scores against a brute-force cosine item by item, the one-pass
+training loss against one example at a time, hybrid re-ranking against its definition (and equal to the dense
+ranking when K covers the catalogue), and a model directory that carries the text and the new items."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from genrec.data.batches import Batch
+from genrec.ids.catalog import Catalog
+from genrec.models.checkpoint import save_model
+from genrec.models.dense import dense_log_probs, hybrid_scores
+from genrec.models.tiger import Tiger
+from genrec.search import beam_search
+
+from tiny_tiger import collision_catalog, random_batch, tiny_config
+
+
+def dense_model(item_tokens: str = "sum", dense_item: str = "text+codes", repeat_bias: bool = False,
+                num_user_buckets: int = 0, seed: int = 0) -> Tiger:
+    codes = collision_catalog(40, [3, 4, 3], seed=7)
+    sizes = [3, 4, 3, int(codes[:, -1].max()) + 1]
+    cfg = dataclasses.replace(tiny_config(item_tokens, causal_encoder=True, trie_softmax=True,
+                                          num_user_buckets=num_user_buckets),
+                              text_input=True, dense_weight=1.0, dense_item=dense_item, dense_temperature=0.2,
+                              repeat_bias=repeat_bias)
+    torch.manual_seed(seed)
+    text = F.normalize(torch.randn(len(codes), 12), dim=-1)
+    model = Tiger(cfg=cfg, item_codes=torch.from_numpy(codes), level_sizes=sizes, max_history=5, item_text=text)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    model.dense.new_items[[3, 17, 29]] = True
+    return model.eval()
+
+
+@pytest.mark.parametrize("item_tokens,dense_item,users", [("sum", "text+codes", 0), ("codes", "text", 7)])
+def test_dense_scores_equal_a_cosine_computed_item_by_item(item_tokens, dense_item, users):
+    model = dense_model(item_tokens, dense_item, num_user_buckets=users)
+    batch = random_batch(40, 6, seed=3)
+    got = dense_log_probs(model, batch, exclude_history=False)
+    with torch.no_grad():
+        for b in range(6):  # each user alone, unpadded, and each item's vector built from its parts
+            h = batch.history[b][batch.history[b] >= 0][None, -5:]  # what the model sees
+            memory = model.encode(Batch(batch.users[b : b + 1], h))
+            per_item = 1 if item_tokens == "sum" else 4
+            state = memory.states[0, -1]  # the last token: the most recent item's (last code)
+            assert memory.states.shape[1] == h.shape[1] * per_item + (1 if users else 0)
+            q = model.dense.query(state)
+            logits = []
+            for i in range(40):
+                v = model.text.proj(model.text.item_text[i])
+                if dense_item == "text+codes":
+                    v = v + sum(model.code_emb.weight[int(model.offsets[lv]) + int(model.item_codes[i, lv])]
+                                for lv in range(4))
+                logits.append(F.cosine_similarity(q, v, dim=0) / 0.2)
+            want = torch.log_softmax(torch.stack(logits), 0)
+            torch.testing.assert_close(got[b], want, atol=1e-4, rtol=1e-4)
+    removed = dense_log_probs(model, batch, exclude_history=True)
+    for b in range(6):
+        seen = batch.history[b][batch.history[b] >= 0][-5:]  # the history the model sees
+        assert torch.isinf(removed[b, seen]).all() and torch.isfinite(removed[b]).sum() == 40 - len(seen.unique())
+
+
+@pytest.mark.parametrize("repeat_bias", [False, True])
+def test_one_pass_dense_loss_equals_one_example_at_a_time(repeat_bias):
+    """Training every position of a window at once gives each target the dense logits it gets alone (causal)."""
+    model = dense_model(repeat_bias=repeat_bias)
+    if repeat_bias:
+        torch.nn.init.normal_(model.dense.repeat.weight, std=2.0)
+    window = torch.tensor([[-1, 5, 9, 5, 30, 12], [3, 8, 1, 22, 14, 0]])  # items then next items
+    history, targets = window[:, :-1], window[:, 1:].clone()
+    targets[0, 0] = -1  # nothing after padding
+    model.cfg = dataclasses.replace(model.cfg, generative_weight=0.0)  # the dense loss alone
+    with torch.no_grad():
+        together = model(Batch(torch.zeros(2, dtype=torch.long), history, targets)).loss
+        alone = []
+        for b in range(2):
+            for t in range(5):
+                if targets[b, t] >= 0:
+                    h = history[b, : t + 1][None]
+                    alone.append(model(Batch(torch.zeros(1, dtype=torch.long), h, targets[b, t : t + 1])).loss)
+    assert together == pytest.approx(float(torch.stack(alone).mean()), abs=1e-5)
+
+
+def test_hybrid_reranks_the_beam_and_the_new_items_and_equals_dense_when_k_covers_the_catalogue():
+    model = dense_model()
+    batch = random_batch(40, 5, seed=11)
+    for exclude in (True, False):
+        dense = dense_log_probs(model, batch, exclude)
+        beam = beam_search(model.code_decoder(), batch, model.trie, beam_size=6, exclude_history=exclude).items
+        got = hybrid_scores(model, batch, 6, exclude)
+        for b in range(5):
+            allowed = set(beam[b][beam[b] >= 0].tolist()) | {3, 17, 29}
+            finite = set(torch.isfinite(got[b]).nonzero()[:, 0].tolist())
+            assert finite == {i for i in allowed if torch.isfinite(dense[b, i])}  # only candidates, all in range
+            assert torch.equal(got[b, sorted(finite)], dense[b, sorted(finite)])
+        whole = hybrid_scores(model, batch, 40, exclude)  # a beam as wide as the catalogue: every item
+        assert torch.equal(whole, dense)
+    method = model.ranking("hybrid-6")
+    assert method.name == "hybrid-6" and not method.complete and method.list_size == 6 + 3
+    items, scores = method.recommend(batch, 20, True)
+    assert ((items >= -1) & (items < 40)).all() and (items >= 0).sum(1).max() <= 9
+
+
+def test_a_model_directory_carries_the_text_and_the_new_items(tmp_path):
+    model = dense_model()
+    codes = model.item_codes.numpy()
+    catalog = Catalog([f"i{i}" for i in range(40)], [{} for _ in range(40)], codes, 3)
+    save_model(model, tmp_path / "m", catalog=catalog)
+    loaded = Tiger.from_pretrained(tmp_path / "m")
+    assert loaded.methods == ("generative", "exact", "dense", "hybrid")
+    assert torch.equal(loaded.text.item_text, model.text.item_text)
+    assert loaded.dense.new_items.nonzero()[:, 0].tolist() == [3, 17, 29]
+    batch = random_batch(40, 4, seed=2)
+    torch.testing.assert_close(dense_log_probs(loaded, batch, True), dense_log_probs(model, batch, True))
+    assert torch.isfinite(dense_log_probs(loaded, batch, False)).all()
