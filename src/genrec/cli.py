@@ -3,6 +3,7 @@
     genrec run -c configs/beauty.yaml [section.key=value ...] [--force]
     genrec prepare|embed|collab|quantize|train|evaluate -c CONFIG [overrides] [--force]
     genrec recommend -c CONFIG (--history ITEM [ITEM ...] | --user USER) [-k 10]
+    genrec add-items -c CONFIG --items FILE --out DIR [--model DIR]
 
 Works the same under `torchrun --nproc_per_node=N -m genrec.cli ...` (DDP; logging on rank 0 only).
 """
@@ -53,6 +54,12 @@ def _parser() -> argparse.ArgumentParser:
                                       "items; --user takes the users of run_dir)")
     rec.add_argument("--include-history", action="store_true", help="allow items already in the history")
     rec.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add = sub.add_parser("add-items", help="add new items (with their text) to a trained model, no retraining")
+    with_config(add)
+    add.add_argument("--items", required=True, help="JSONL, CSV or Parquet: an item_id and text fields per item")
+    add.add_argument("--out", required=True, help="the new model directory to write (must not exist yet)")
+    add.add_argument("--model", help="the model to extend (default <run_dir>/train/best; an earlier add-items "
+                                      "output adds to its catalogue)")
     return p
 
 
@@ -123,6 +130,13 @@ def _main(args: argparse.Namespace) -> int:
 
     if args.command == "recommend":
         return _recommend(args)
+    if args.command == "add-items":
+        from genrec.add_items import add_items
+
+        _setup_logging(True)
+        summary = add_items(load_config(args.config, args.overrides), args.items, args.out, args.model)
+        print(f"{summary['added']} items added; {summary['model']} ranks {summary['items']} items")
+        return 0
     cfg = load_config(args.config, args.overrides)
     import torch
 

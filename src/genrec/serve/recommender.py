@@ -73,7 +73,7 @@ class Recommender:
             from genrec.data.prepare import load_prepared
 
             dataset = load_prepared(run.prepared)
-            if items is not None and items[0] != dataset.item_ids:
+            if items is not None and items[0][: len(dataset.item_ids)] != dataset.item_ids:  # added items: after
                 raise GenrecError(f"the model in {model_dir} ranks other items than the data of {run.root} "
                                   f"({len(items[0])} vs {len(dataset.item_ids)} items, or other IDs or order); "
                                   f"use that run's model, or retrain with 'genrec train --force'")
