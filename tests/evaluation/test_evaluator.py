@@ -16,6 +16,7 @@ from genrec.data.splits import EvalSet
 from genrec.errors import GenrecError
 from genrec.evaluation.evaluator import evaluate_split, format_table, repeat_share, resolve_dtype
 from genrec.ids.trie import build_trie
+from genrec.models.content import ContentBaseline
 from genrec.models.sasrec import SASRec
 from genrec.search import beam_search
 
@@ -139,3 +140,22 @@ def test_resolve_dtype_picks_bfloat16_only_where_the_cpu_has_it():
     flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
     native = "avx512_bf16" in flags or "amx_bf16" in flags
     assert resolve_dtype("auto", "cpu") == ("bfloat16" if native else "float32")
+
+
+def test_the_content_baseline_ranks_by_the_cosine_with_its_recent_history():
+    torch.manual_seed(0)
+    text = torch.randn(20, 6)
+    model = ContentBaseline(text, max_history=5, recent=2)
+    es = eval_set(20, 12, seed=9)
+    unit = torch.nn.functional.normalize(text, dim=-1)
+    ranks = []
+    for history, target in zip(es.histories, es.targets):
+        h = history[-5:]
+        query = unit[torch.from_numpy(h[-2:])].sum(0)
+        scores = torch.stack([torch.nn.functional.cosine_similarity(query, unit[i], dim=0) for i in range(20)])
+        scores[torch.from_numpy(h)] = float("-inf")
+        ranks.append(int((scores > scores[target]).sum()))
+    result = evaluate_split(model, es, np.zeros(12, np.int64), split="test", beam_size=5, ks=(1, 5, 10),
+                            exclude_history=True)
+    for key, value in metrics_from_ranks(ranks, "test", "content", (1, 5, 10)).items():
+        assert result.metrics[key] == pytest.approx(value, abs=1e-6), key

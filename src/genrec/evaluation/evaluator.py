@@ -32,6 +32,7 @@ count as cold; genrec trains on every position of a sequence, so an item the mod
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import sys
@@ -145,7 +146,7 @@ def evaluate_split(
 
         total = (len(eval_set.targets[rank::world_size]) + batch_size - 1) // batch_size
         batches = tqdm(batches, total=total, desc=f"evaluate {split}", leave=False)
-    device_type = next(model.parameters()).device.type
+    device_type = next(itertools.chain(model.parameters(), model.buffers())).device.type
     dtype = resolve_dtype(dtype, device_type)
     autocast = (torch.autocast(device_type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext())
     out = EvalResult()
