@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from genrec.data.batches import Batch
 from genrec.ids.catalog import Catalog
 from genrec.models.checkpoint import save_model
-from genrec.models.dense import dense_log_probs, hybrid_scores
+from genrec.models.dense import dense_log_probs, fusion_scores, hybrid_scores
 from genrec.models.tiger import Tiger
 from genrec.search import beam_search
 
-from tiny_tiger import collision_catalog, random_batch, tiny_config
+from tiny_tiger import brute_force_scores, collision_catalog, random_batch, tiny_config
 
 
 def dense_model(item_tokens: str = "sum", dense_item: str = "text+codes", repeat_bias: bool = False,
@@ -112,9 +112,23 @@ def test_a_model_directory_carries_the_text_and_the_new_items(tmp_path):
     catalog = Catalog([f"i{i}" for i in range(40)], [{} for _ in range(40)], codes, 3)
     save_model(model, tmp_path / "m", catalog=catalog)
     loaded = Tiger.from_pretrained(tmp_path / "m")
-    assert loaded.methods == ("generative", "exact", "dense", "hybrid")
+    assert loaded.methods == ("generative", "exact", "dense", "hybrid", "fusion")
     assert torch.equal(loaded.text.item_text, model.text.item_text)
     assert loaded.dense.new_items.nonzero()[:, 0].tolist() == [3, 17, 29]
     batch = random_batch(40, 4, seed=2)
     torch.testing.assert_close(dense_log_probs(loaded, batch, True), dense_log_probs(model, batch, True))
     assert torch.isfinite(dense_log_probs(loaded, batch, False)).all()
+
+
+def test_fusion_adds_the_generative_and_dense_log_probabilities_of_the_same_candidates():
+    model = dense_model()
+    batch = random_batch(40, 5, seed=13)
+    generative = brute_force_scores(model, batch)  # [B, N] teacher-forced, item by item
+    for exclude in (True, False):
+        dense = dense_log_probs(model, batch, exclude)
+        candidates = torch.isfinite(hybrid_scores(model, batch, 6, exclude))
+        got = fusion_scores(model, batch, 6, exclude)
+        assert torch.equal(torch.isfinite(got), candidates)  # the hybrid's candidates, new items included
+        want = (dense + generative)[candidates]
+        torch.testing.assert_close(got[candidates], want, atol=1e-4, rtol=1e-4)
+    assert model.ranking("fusion").name == "fusion" and model.ranking("fusion-8").list_size == 8 + 3

@@ -11,8 +11,10 @@ that generates semantic IDs can also score every item, new ones included.
   and codes but no interactions, and both reach it. With a repeat bias the history items get its offsets, as
   in SASRec. `new_items` [N] marks the items no training sequence held (the catalogue's new items; items added to
   a trained model join them).
-- Ranking methods built here for the model: `dense` (every item by its dense log-probability: complete) and
-  `hybrid-K` (beam search's top K plus every new item, re-ranked by the dense score: at most K + new items).
+- Ranking methods built here for the model: `dense` (every item by its dense log-probability: complete),
+  `hybrid-K` (beam search's top K plus every new item, re-ranked by the dense score: at most K + new items) and
+  `fusion-K` (the same candidates ranked by the sum of the two log-probabilities, generative and dense; a new
+  item's generative log-probability is teacher-forced when beam search did not reach it).
 """
 
 from __future__ import annotations
@@ -104,16 +106,38 @@ def hybrid_scores(model: Tiger, batch: Batch, candidates: int, exclude_history: 
     return scores.masked_fill(~keep, float("-inf"))
 
 
-def hybrid_method(model: Tiger, candidates: int) -> RankingMethod:
+def fusion_scores(model: Tiger, batch: Batch, candidates: int, exclude_history: bool) -> Tensor:
+    """Generative plus dense log-probability [B, N] of beam search's top `candidates` items and of every new item;
+    -inf for the rest (and for history items when removed)."""
+    decoder = model.code_decoder()
+    beam = beam_search(decoder, batch, model.trie, beam_size=candidates, exclude_history=exclude_history)
+    dense = dense_log_probs(model, batch, exclude_history)  # [B, N]
+    generative = torch.full_like(dense, float("-inf"))
+    new = model.dense.new_items.nonzero()[:, 0].tolist()
+    if new:
+        state = decoder.start(Batch(batch.users, batch.history[:, -model.max_history :]))
+        B = batch.history.shape[0]
+        for item in new:  # teacher-forced: a new item is a candidate whether or not the beam reached it
+            target = torch.full((B,), item, dtype=torch.long, device=dense.device)
+            generative[:, item] = decoder.target_log_probs(state, target).float()
+    rows, cols = (beam.items >= 0).nonzero(as_tuple=True)
+    generative[rows, beam.items[rows, cols]] = beam.scores[rows, cols].float()
+    return dense + generative
+
+
+def hybrid_method(model: Tiger, candidates: int, fuse: bool = False) -> RankingMethod:
+    score = fusion_scores if fuse else hybrid_scores
+
     def recommend(batch: Batch, k: int, exclude_history: bool) -> tuple[Tensor, Tensor]:
-        scores = hybrid_scores(model, batch, candidates, exclude_history)
+        scores = score(model, batch, candidates, exclude_history)
         top, items = scores.topk(min(k, scores.shape[1]), dim=1)
         return torch.where(torch.isfinite(top), items, -1), top
 
     def target_ranks(batch: Batch, k: int, exclude_history: bool) -> Tensor:
-        return ranks_in_scores(hybrid_scores(model, batch, candidates, exclude_history), batch.targets, k)
+        return ranks_in_scores(score(model, batch, candidates, exclude_history), batch.targets, k)
 
-    name = "hybrid" if candidates == model.cfg.hybrid_candidates else f"hybrid-{candidates}"
+    base = "fusion" if fuse else "hybrid"
+    name = base if candidates == model.cfg.hybrid_candidates else f"{base}-{candidates}"
     return RankingMethod(name, complete=False, recommend=torch.no_grad()(recommend),
                          target_ranks=torch.no_grad()(target_ranks), cost_per_item=len(model.decoder),
                          list_size=candidates + int(model.dense.new_items.sum()))

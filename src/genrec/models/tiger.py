@@ -88,8 +88,8 @@ class Tiger(nn.Module, Pretrained):
 
     @classmethod
     def offered_methods(cls, cfg: TigerConfig) -> tuple[str, ...]:
-        """Beam search (the default) and exact scoring; with a dense head also dense and hybrid (hybrid-<K>)."""
-        return ("generative", "exact") + (("dense", "hybrid") if cfg.dense_weight > 0 else ())
+        """Beam search (the default) and exact scoring; with a dense head also dense, hybrid and fusion (-<K>)."""
+        return ("generative", "exact") + (("dense", "hybrid", "fusion") if cfg.dense_weight > 0 else ())
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return {"level_sizes": self.level_sizes, "max_history": self.max_history,
@@ -345,7 +345,6 @@ class Tiger(nn.Module, Pretrained):
             z = self.dense.logits(states, self.dense_vectors(), history, live if per_position else None)
             dense = F.cross_entropy(z, targets[live], label_smoothing=label_smoothing)
             loss = self.cfg.generative_weight * loss + self.cfg.dense_weight * dense
-            logits.append(z)
         return Output(loss=loss, logits=logits)
 
     # ---- ranking -------------------------------------------------------------------------------------
@@ -362,8 +361,9 @@ class Tiger(nn.Module, Pretrained):
                                  target_ranks=self._exact_ranks, max_batch=8)
         if self.dense is not None and name == "dense":  # every item by its dense score
             return dense_method(self)
-        if self.dense is not None and name.split("-")[0] == "hybrid":  # top K of the beam + new items, re-ranked
-            return hybrid_method(self, method_parameter(name) or self.cfg.hybrid_candidates)
+        if self.dense is not None and name.split("-")[0] in ("hybrid", "fusion"):  # beam top K + new items
+            return hybrid_method(self, method_parameter(name) or self.cfg.hybrid_candidates,
+                                 fuse=name.startswith("fusion"))
         raise KeyError(name)
 
     @torch.no_grad()
