@@ -7,6 +7,7 @@ import html
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -373,3 +374,25 @@ def test_console_script_runs_the_tiny_recipe(tmp_path, tiny_data):
                                                 for part in ("", "/in") for m in ("ndcg", "recall"))  # beam of 20
     assert "test/exact/recall@40" in results["metrics"]
     assert_table_is_results(out.stdout, results)
+
+
+def test_rqvae_semantic_ids_with_the_collaborative_term_run_end_to_end(tiny_overrides, capsys):
+    """quantize.method=rqvae on the text embeddings, pulled toward the collab stage's, through training and
+    evaluation; the IDs are unique and written as tokens."""
+    overrides = [*tiny_overrides, "quantize.method=rqvae", "quantize.inputs=text", "quantize.collab_weight=0.5",
+                 "quantize.steps=100", "quantize.batch_size=32", "quantize.codebook_size=8", "quantize.latent_dim=8",
+                 "quantize.hidden_dim=32", "collab.max_steps=20", "collab.eval_every=10", "train.max_steps=20",
+                 "train.eval_every=20"]
+    assert main(["run", "-c", str(TINY), *overrides]) == 0
+    run_dir = Path(overrides[0].split("=", 1)[1])
+    summary = json.loads((run_dir / "quantize" / "summary.json").read_text())
+    assert summary["config"]["method"] == "rqvae" and summary["embeddings"] == "embed/item_embeddings_l2norm.npy"
+    assert summary["history"][-1]["step"] == 100
+    tokens = json.loads((run_dir / "quantize" / "semantic_ids.json").read_text())
+    assert len(set(tokens.values())) == len(tokens) == 64
+    results = json.loads((run_dir / "evaluate" / "results.json").read_text())
+    assert "test/generative/recall@10" in results["metrics"]
+    capsys.readouterr()
+    # a collaborative term without the collab stage is refused before anything runs
+    assert main(["run", "-c", str(TINY), *overrides, "collab.enabled=false", "train.distill=0"]) == 2
+    assert "quantize.collab_weight is the RQ-VAE's collaborative term" in capsys.readouterr().err

@@ -85,12 +85,25 @@ class CollabConfig:
 
 @dataclass(frozen=True)
 class QuantizeConfig:
-    method: str = "rqkmeans"  # the quantizer: "rqkmeans" (residual k-means)
+    method: str = "rqkmeans"  # the quantizer: "rqkmeans" (residual k-means), "rqvae" (ids/rqvae.py) or "random"
+    #                           (uniform random codes: a floor for comparisons)
+    inputs: str = "auto"  # what is quantized: "text" (embed stage), "collab" (collab stage), "text+collab" (both,
+    #                       each unit-normalised, side by side); "auto": collab with collab.enabled, else text
     num_levels: int = 3  # L: residual levels before the collision-resolving level
     codebook_size: int = 256  # K: codes per level
-    iters: int = 50  # Lloyd iterations per level
+    iters: int = 50  # rqkmeans: Lloyd iterations per level
     normalize: bool = True  # quantize the L2-normalised embeddings (else the raw ones)
-    seed: int = 0  # k-means++ seeding and dead-centroid re-seeding
+    seed: int = 0  # k-means++ seeding and dead-centroid re-seeding; rqvae's initialisation and batches
+    latent_dim: int = 32  # rqvae: width of the latent the codebooks quantize
+    hidden_dim: int = 256  # rqvae: encoder widths D -> hidden -> hidden / 2 -> latent (decoder mirrored)
+    steps: int = 3000  # rqvae: optimizer steps (Adam)
+    batch_size: int = 1024  # rqvae: items per step
+    lr: float = 1e-3  # rqvae: learning rate
+    beta: float = 0.25  # rqvae: commitment weight (the paper's 0.25)
+    collab_weight: float = 0.0  # rqvae: weight of the collaborative term (in-batch InfoNCE between the quantized
+    #                             latent, projected, and the item's collab-stage embedding); needs collab.enabled
+    diversity_weight: float = 0.0  # rqvae: weight of the code-diversity term (log K - entropy of code use)
+    reseed_every: int = 100  # rqvae: codes unused for this many steps take a batch item's residual
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from genrec.files import write_bytes
 TRAINING_CURVES = "training_curves.png"
 CODEBOOK_USAGE = "codebook_usage.png"
 RECALL_AT_K = "recall_at_k.png"
+QUANTIZER_TRAINING = "quantizer_training.png"
 
 
 def _figure(ncols: int, nrows: int = 1, size: tuple[float, float] = (4.2, 3.2)) -> Any:
@@ -83,6 +84,28 @@ def codebook_usage(codes: np.ndarray, codebook_size: int, out: Path) -> None:
                      f"perplexity {perplexity:.0f}", fontsize=9)
         ax.set_xlabel("code (by items held)")
         ax.set_ylabel("items")
+    _save(fig, out)
+
+
+def quantizer_training(history: list[dict[str, Any]], out: Path) -> None:
+    """A trained quantizer's codebook health over its steps: usage and perplexity per level, the collision rate
+    before the extra level, and the reconstruction error."""
+    steps = [h["step"] for h in history]
+    fig, axes = _figure(2, 2, size=(5.0, 3.2))
+    levels = len(history[0]["levels"])
+    for level in range(levels):
+        axes[0].plot(steps, [h["levels"][level]["usage"] for h in history], marker="o", markersize=3,
+                     label=f"level {level}")
+        axes[1].plot(steps, [h["levels"][level]["perplexity"] for h in history], marker="o", markersize=3,
+                     label=f"level {level}")
+    axes[2].plot(steps, [h["collision_rate"] for h in history], marker="o", markersize=3)
+    axes[3].plot(steps, [h["reconstruction_mse"] for h in history], marker="o", markersize=3)
+    for ax, title in zip(axes, ("code usage (used / K)", "perplexity", "collision rate before the extra level",
+                                "reconstruction error (MSE)")):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
     _save(fig, out)
 
 

@@ -18,7 +18,8 @@ def validate(cfg: Config) -> None:
         "data.format": (d.format, ("p5", "amazon2014", "table")),
         "data.split": (d.split, ("leave_one_out", "temporal")),
         "data.cold_items_by": (d.cold_items_by, ("random", "newest")),
-        "quantize.method": (q.method, ("rqkmeans",)),
+        "quantize.method": (q.method, ("rqkmeans", "rqvae", "random")),
+        "quantize.inputs": (q.inputs, ("auto", "text", "collab", "text+collab")),
         "model.kind": (m.kind, ("tiger", "sasrec")),
         "model.tiger.item_tokens": (g.item_tokens, ("codes", "sum")),
         "model.tiger.dense_item": (g.dense_item, ("text", "text+codes")),
@@ -42,6 +43,8 @@ def validate(cfg: Config) -> None:
     if not 0 <= d.cold_items < 1:
         raise ConfigError(f"data.cold_items is the share of items held out as new, in [0, 1); got {d.cold_items}")
     positive = {"data.max_history": d.max_history, "quantize.num_levels": q.num_levels,
+                "quantize.latent_dim": q.latent_dim, "quantize.hidden_dim": q.hidden_dim, "quantize.steps": q.steps,
+                "quantize.batch_size": q.batch_size, "quantize.reseed_every": q.reseed_every,
                 "quantize.codebook_size": q.codebook_size, "model.tiger.d_model": g.d_model,
                 "model.tiger.num_heads": g.num_heads, "model.tiger.head_dim": g.head_dim, "model.tiger.d_ff": g.d_ff,
                 "model.tiger.encoder_layers": g.encoder_layers, "model.tiger.decoder_layers": g.decoder_layers,
@@ -64,6 +67,15 @@ def validate(cfg: Config) -> None:
                        "train.adam_beta2": t.adam_beta2}.items():
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"{key} must be in [0, 1), got {value}")
+    if q.lr <= 0 or q.beta < 0 or q.collab_weight < 0 or q.diversity_weight < 0:
+        raise ConfigError(f"quantize.lr must be above 0 and quantize.beta, collab_weight and diversity_weight at "
+                          f"least 0; got {q.lr}, {q.beta}, {q.collab_weight}, {q.diversity_weight}")
+    if q.inputs in ("collab", "text+collab") and not c.enabled:
+        raise ConfigError(f"quantize.inputs={q.inputs} reads the collab stage's embeddings, which collab.enabled=false "
+                          "turns off; set collab.enabled=true or quantize.inputs=text")
+    if q.collab_weight > 0 and (q.method != "rqvae" or not c.enabled):
+        raise ConfigError("quantize.collab_weight is the RQ-VAE's collaborative term: it needs quantize.method=rqvae "
+                          "and collab.enabled=true")
     if g.dense_weight < 0 or g.generative_weight < 0 or g.dense_weight + g.generative_weight == 0 \
             or g.dense_temperature <= 0 or g.hybrid_candidates < 1:
         raise ConfigError(f"model.tiger.dense_weight and generative_weight must be >= 0 and not both 0, "

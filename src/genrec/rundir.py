@@ -29,6 +29,7 @@ RAW_EMBEDDINGS = "item_embeddings_raw.npy"  # embed and collab: the same before 
 ITEM_IDS = "item_ids.json"  # embed and collab: the item IDs of the rows
 CODES = "codes.npy"  # quantize: [N, L] codes of the L quantizer levels
 SIDS = "codes_with_suffix.npy"  # quantize: [N, L + 1] semantic IDs, the collision level last
+SEMANTIC_IDS = "semantic_ids.json"  # quantize: item ID -> its semantic ID as tokens, "<a_42><b_15><c_238><d_3>"
 STAMP = "stage.json"
 PARTIAL_STAMP = "stage.partial.json"  # in a work directory: the stamp it will get, so training can resume
 RESULTS = "results.json"  # evaluate: every metric

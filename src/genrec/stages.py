@@ -85,16 +85,22 @@ def quantize(cfg: Config, run: RunDir, out_dir: Path, dist: DistInfo) -> Any:
     from genrec.errors import GenrecError
     from genrec.ids.quantize import quantize
 
-    if not cfg.collab.enabled and not (run.stage("embed") / EMBEDDINGS).is_file():
+    has_text = (run.stage("embed") / EMBEDDINGS).is_file()
+    inputs = cfg.quantize.inputs if cfg.quantize.inputs != "auto" else ("collab" if cfg.collab.enabled else "text")
+    if "text" in inputs and not has_text:
         raise GenrecError("the items have no text, so there are no text embeddings to quantize; set "
-                          "collab.enabled=true (semantic IDs from the collaborative embeddings need no text)")
+                          "collab.enabled=true and quantize.inputs=auto (semantic IDs from the collaborative "
+                          "embeddings need no text)")
+    dirs = [run.stage(name) for name in (("embed", "collab") if inputs == "text+collab" else
+                                         ("collab",) if inputs == "collab" else ("embed",))]
     fit_rows = None
     if cfg.data.cold_items > 0:  # held-out new items are encoded by the fitted quantizer, never fitted on
         from genrec.data.cold import held_out_items
         from genrec.data.prepare import load_prepared
 
         fit_rows = ~held_out_items(load_prepared(run.prepared), cfg.data)
-    return quantize(cfg.quantize, run.stage("collab" if cfg.collab.enabled else "embed"), out_dir, fit_rows)
+    collab_dir = run.stage("collab") if cfg.quantize.collab_weight > 0 else None
+    return quantize(cfg.quantize, dirs, out_dir, fit_rows, collab_dir)
 
 
 def train(cfg: Config, run: RunDir, out_dir: Path, dist: DistInfo) -> Any:

@@ -11,6 +11,7 @@ from genrec.config import QuantizeConfig
 from genrec.errors import GenrecError
 from genrec.ids.quantize import quantize
 from genrec.ids.rqkmeans import RQKMeans
+from genrec.ids.tokens import parse_tokens
 
 
 def write_embeddings(embed_dir, n: int = 300, d: int = 12, seed: int = 0) -> np.ndarray:
@@ -106,3 +107,36 @@ def test_held_out_items_are_encoded_by_a_quantizer_fitted_without_them(tmp_path)
         np.testing.assert_array_equal(np.load(tmp_path / "q" / f"centroids_{level}.npy"), reference.centroids[level])
     assert len(np.unique(np.load(tmp_path / "q" / "codes_with_suffix.npy"), axis=0)) == 300  # every ID unique
     assert summary["fitted_items"] == int(fit_rows.sum()) and summary["num_items"] == 300
+
+
+def test_rqvae_with_a_collaborative_term_writes_tokens_health_and_its_plot(tmp_path):
+    write_embeddings(tmp_path / "embed", n=300, d=12)
+    write_embeddings(tmp_path / "collab", n=300, d=6, seed=5)
+    cfg = QuantizeConfig(method="rqvae", num_levels=2, codebook_size=8, latent_dim=8, hidden_dim=32, steps=60,
+                         batch_size=64, collab_weight=0.5, reseed_every=20, seed=0)
+    summary = quantize(cfg, tmp_path / "embed", tmp_path / "q", collab_dir=tmp_path / "collab")
+    sids = np.load(tmp_path / "q" / "codes_with_suffix.npy")
+    tokens = json.loads((tmp_path / "q" / "semantic_ids.json").read_text())
+    assert list(tokens) == [f"i{i}" for i in range(300)]
+    assert [list(parse_tokens(t)) for t in tokens.values()] == sids.tolist()
+    assert summary["history"][0]["step"] == 6 and summary["history"][-1]["step"] == 60  # after the 6-step warm-up
+    assert {"collision_rate", "largest_group", "reconstruction_mse"} <= set(summary["history"][-1])
+    assert (tmp_path / "q" / "quantizer_training.png").stat().st_size > 0
+    assert (tmp_path / "q" / "rqvae.safetensors").is_file()
+    # the collaborative vectors must be the same items'
+    write_embeddings(tmp_path / "other", n=299, d=6)
+    with pytest.raises(GenrecError, match=r"other covers other items than .*embed \(299 vs 300 rows"):
+        quantize(cfg, tmp_path / "embed", tmp_path / "q2", collab_dir=tmp_path / "other")
+    assert not (tmp_path / "q2").exists()
+
+
+def test_text_and_collab_side_by_side_and_random_ids(tmp_path):
+    write_embeddings(tmp_path / "embed", n=200, d=12)
+    write_embeddings(tmp_path / "collab", n=200, d=6, seed=5)
+    summary = quantize(QuantizeConfig(num_levels=2, codebook_size=8, iters=5), [tmp_path / "embed",
+                                                                                  tmp_path / "collab"], tmp_path / "q")
+    assert summary["dim"] == 18 and summary["embeddings"] == "embed/item_embeddings_l2norm.npy + " \
+                                                             "collab/item_embeddings_l2norm.npy"
+    summary = quantize(QuantizeConfig(method="random", num_levels=2, codebook_size=8), tmp_path / "embed",
+                       tmp_path / "r")
+    assert 0.9 < summary["levels"][0]["usage"] <= 1.0  # uniform codes use every code

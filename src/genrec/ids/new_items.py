@@ -22,8 +22,7 @@ from genrec.data.splits import make_split
 from genrec.errors import GenrecError
 from genrec.ids.collab import borrow_from_text_neighbours, item_counts
 from genrec.ids.embed import _encode, item_text, load_encoder, resolve_template
-from genrec.ids.quantize import load_embeddings
-from genrec.ids.rqkmeans import RQKMeans
+from genrec.ids.quantize import load_embeddings, load_quantizer
 from genrec.rundir import RAW_EMBEDDINGS, RunDir
 
 ID_FIELDS = ("item_id", "item")
@@ -103,27 +102,32 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
 
 
 def quantizer_inputs(cfg: Config, run: RunDir, text: np.ndarray) -> np.ndarray:
-    """What the run's quantizer reads, for new items with text embeddings `text` [M, E] (not normalised): their
-    borrowed, centred (and normalised) collaborative vectors with collab.enabled, else their text vectors."""
-    if not cfg.collab.enabled:
-        return unit_rows(text) if cfg.quantize.normalize else text
-    raw = np.load(run.stage("collab") / RAW_EMBEDDINGS)  # [N, D] the catalogue's rows the quantizer was fitted on
-    catalog_text = load_embeddings(run.stage("embed"), normalize=True)  # [N, E]
-    dataset = load_prepared(run.prepared)
-    warm = item_counts(make_split(dataset, cfg.data).train, dataset.num_items) >= cfg.collab.min_item_count
-    rows = np.concatenate([raw, np.zeros((len(text), raw.shape[1]), dtype=raw.dtype)])  # new rows: to borrow
-    cold = np.concatenate([~warm, np.ones(len(text), dtype=bool)])  # neighbours are trained items only
-    borrowed = borrow_from_text_neighbours(rows, np.concatenate([catalog_text, unit_rows(text)]), cold,
-                                           cfg.collab.text_neighbours)
-    if not cfg.quantize.normalize:  # the quantizer read the raw rows
-        return borrowed[len(raw) :].astype(np.float32)
-    return unit_rows(borrowed[len(raw) :] - raw.mean(0, keepdims=True))  # centred like the catalogue's rows
+    """What the run's quantizer reads (`quantize.inputs`), for new items with text embeddings `text` [M, E] (not
+    normalised): their text vectors, and/or their collaborative vectors borrowed from their nearest trained items
+    by text, centred and normalised as the collab stage did for the catalogue's."""
+    inputs = cfg.quantize.inputs if cfg.quantize.inputs != "auto" else ("collab" if cfg.collab.enabled else "text")
+    parts = []
+    if "text" in inputs:
+        parts.append(unit_rows(text) if cfg.quantize.normalize else text)
+    if "collab" in inputs:
+        raw = np.load(run.stage("collab") / RAW_EMBEDDINGS)  # [N, D] the catalogue's rows
+        catalog_text = load_embeddings(run.stage("embed"), normalize=True)  # [N, E]
+        dataset = load_prepared(run.prepared)
+        warm = item_counts(make_split(dataset, cfg.data).train, dataset.num_items) >= cfg.collab.min_item_count
+        rows = np.concatenate([raw, np.zeros((len(text), raw.shape[1]), dtype=raw.dtype)])  # new rows: to borrow
+        cold = np.concatenate([~warm, np.ones(len(text), dtype=bool)])  # neighbours are trained items only
+        borrowed = borrow_from_text_neighbours(rows, np.concatenate([catalog_text, unit_rows(text)]), cold,
+                                               cfg.collab.text_neighbours)[len(raw) :]
+        parts.append(unit_rows(borrowed - raw.mean(0, keepdims=True)) if cfg.quantize.normalize
+                     else borrowed.astype(np.float32))  # as the collab stage wrote the catalogue's
+    if len(parts) == 1:
+        return parts[0]
+    return np.ascontiguousarray(np.concatenate([unit_rows(p) for p in parts], axis=1))
 
 
 def encode_new_items(cfg: Config, run: RunDir, vectors: np.ndarray) -> np.ndarray:
     """Codes [M, L] of the run's fitted quantizer for the new items' quantizer inputs [M, D]."""
-    q = cfg.quantize
-    return RQKMeans.load(run.stage("quantize"), num_levels=q.num_levels, codebook_size=q.codebook_size).encode(vectors)
+    return load_quantizer(cfg.quantize, run.stage("quantize")).encode(vectors)
 
 
 def with_collision_level(sids: np.ndarray, codes: np.ndarray) -> np.ndarray:

@@ -316,8 +316,9 @@ class RQKMeans:
         self.centroids: list[Tensor] = []
         self.stats: dict = {}
 
-    def fit(self, x: np.ndarray) -> np.ndarray:
-        """x [N, D] -> codes [N, L]; also sets `centroids` and `stats` (the residual error per level)."""
+    def fit(self, x: np.ndarray, collab: np.ndarray | None = None) -> np.ndarray:
+        """x [N, D] -> codes [N, L]; also sets `centroids` and `stats` (the residual error per level). k-means has
+        no collaborative term: `collab` is not used."""
         result = fit_rq_kmeans(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
                                num_levels=self.num_levels, codebook_size=self.codebook_size, iters=self.iters,
                                seed=self.seed)
