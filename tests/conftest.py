@@ -27,3 +27,18 @@ def tiny_overrides(tmp_path, tiny_data) -> list[str]:
     """Overrides of configs/tiny.yaml: data from tiny_data, run directory in tmp_path, a few steps only."""
     return [f"run_dir={tmp_path / 'run'}", f"data.path={tiny_data}", "train.max_steps=80", "train.eval_every=40",
             "train.warmup_steps=5", "train.batch_size=16"]
+
+
+@pytest.fixture(scope="session")
+def hybrid_run(tmp_path_factory, tiny_data) -> tuple[Path, list[str]]:
+    """A tiny trained run of the hybrid recipe (dense head and text input), shared by the tests that only read it
+    (copy it before changing it): (run directory, overrides of configs/tiny.yaml)."""
+    from genrec.cli import main
+
+    run_dir = tmp_path_factory.mktemp("hybrid") / "run"
+    overrides = [f"run_dir={run_dir}", f"data.path={tiny_data}", "train.max_steps=60", "train.eval_every=30",
+                 "train.warmup_steps=5", "train.batch_size=16", "collab.max_steps=40", "collab.eval_every=20",
+                 "model.tiger.text_input=true", "model.tiger.dense_weight=1.0", "evaluate.dtype=float32",
+                 "evaluate.methods=[generative,dense,hybrid,hybrid-4]", "evaluate.ks=[5,10,40]"]
+    assert main(["run", "-c", str(TINY), *overrides]) == 0
+    return run_dir, overrides

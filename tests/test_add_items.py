@@ -29,17 +29,6 @@ NEW = [{"item_id": "N1", "title": "Glow &amp; Co red lipstick no. 12", "categori
        {"item_id": "N3", "title": "Glow &amp; Co green shampoo no. 14", "brand": "Glow"}]
 
 
-@pytest.fixture(scope="module")
-def hybrid_run(tmp_path_factory, tiny_data):
-    run_dir = tmp_path_factory.mktemp("hybrid") / "run"
-    overrides = [f"run_dir={run_dir}", f"data.path={tiny_data}", "train.max_steps=60", "train.eval_every=30",
-                 "train.warmup_steps=5", "train.batch_size=16", "collab.max_steps=40", "collab.eval_every=20",
-                 "model.tiger.text_input=true", "model.tiger.dense_weight=1.0", "evaluate.dtype=float32",
-                 "evaluate.methods=[generative,dense,hybrid,hybrid-4]", "evaluate.ks=[5,10,40]"]
-    assert main(["run", "-c", str(TINY), *overrides]) == 0
-    return run_dir, overrides
-
-
 def tree_digest(root) -> str:
     h = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != ".lock"):

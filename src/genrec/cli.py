@@ -4,6 +4,7 @@
     genrec prepare|embed|collab|quantize|train|evaluate -c CONFIG [overrides] [--force]
     genrec recommend -c CONFIG (--history ITEM [ITEM ...] | --user USER) [-k 10]
     genrec add-items -c CONFIG --items FILE --out DIR [--model DIR]
+    genrec serve PATH [--port 8000] [--max-batch 64] [--max-wait-ms 5] [--no-batching]
 
 Works the same under `torchrun --nproc_per_node=N -m genrec.cli ...` (DDP; logging on rank 0 only).
 """
@@ -60,7 +61,39 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--out", required=True, help="the new model directory to write (must not exist yet)")
     add.add_argument("--model", help="the model to extend (default <run_dir>/train/best; an earlier add-items "
                                       "output adds to its catalogue)")
+    serve = sub.add_parser("serve", help="an HTTP service and web page over a trained run or model directory")
+    serve.add_argument("path", help="a run directory (runs/<name>) or a model directory")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--max-batch", type=int, default=64, help="histories per batched model call (default 64)")
+    serve.add_argument("--max-wait-ms", type=float, default=5.0,
+                       help="how long a request waits for others to share its model call (default 5)")
+    serve.add_argument("--no-batching", action="store_true", help="one model call per request")
+    serve.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     return p
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from genrec.serve.app import create_app
+    except ImportError as err:
+        raise GenrecError(f"genrec serve needs FastAPI and uvicorn ({err.name} is missing); install them with "
+                          f"pip install 'genrec[serve]'") from None
+    import torch
+
+    from genrec.serve.recommender import Recommender
+
+    _setup_logging(True)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if not 1 <= args.port <= 65535 or args.max_batch < 1 or args.max_wait_ms < 0:
+        raise GenrecError("--port must be 1..65535, --max-batch at least 1 and --max-wait-ms at least 0")
+    rec = Recommender.load(args.path)
+    app = create_app(rec, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, batched=not args.no_batching)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=30)
+    return 0
 
 
 def _setup_logging(is_main: bool) -> None:
@@ -130,6 +163,8 @@ def _main(args: argparse.Namespace) -> int:
 
     if args.command == "recommend":
         return _recommend(args)
+    if args.command == "serve":
+        return _serve(args)
     if args.command == "add-items":
         from genrec.add_items import add_items
 

@@ -102,38 +102,53 @@ class Recommender:
             raise GenrecError("a history is a list of item IDs, not one string; pass [item_id, ...]")
         single = len(histories) > 0 and all(isinstance(h, str) for h in histories)
         many = [list(histories)] if single else [list(h) for h in histories]
-        rows = []
-        for n, history in enumerate(many):
-            if isinstance(history, str) or not all(isinstance(i, str) for i in history):
-                raise GenrecError(f"history {n} is not a list of item IDs (strings)")
-            unknown = [i for i in history if i not in self.index]
-            if unknown:
-                raise GenrecError(f"unknown item IDs in history {n}: {', '.join(unknown[:5])}"
-                                  f"{' ...' if len(unknown) > 5 else ''}; use IDs of the model's catalogue")
-            rows.append([self.index[i] for i in history])
-        out = self._rank(rows, [0] * len(rows), k, exclude_history, method)
+        rows = [self.history_row(history, n) for n, history in enumerate(many)]
+        out = self.rank(rows, [0] * len(rows), k, exclude_history, method)
         return out[0] if single else out
 
-    def recommend_user(self, user: str, k: int = 10, *, exclude_history: bool = True,
-                       method: str | None = None) -> list[Recommendation]:
-        """Top-k items after a user's whole sequence (their hashed user token too, where the model has them)."""
+    def history_row(self, history: Sequence[str], n: int = 0) -> list[int]:
+        """Catalogue rows of a history of external item IDs; GenrecError naming unknown IDs."""
+        if isinstance(history, str) or not all(isinstance(i, str) for i in history):
+            raise GenrecError(f"history {n} is not a list of item IDs (strings)")
+        unknown = [i for i in history if i not in self.index]
+        if unknown:
+            raise GenrecError(f"unknown item IDs in history {n}: {', '.join(unknown[:5])}"
+                              f"{' ...' if len(unknown) > 5 else ''}; use IDs of the model's catalogue")
+        return [self.index[i] for i in history]
+
+    def user_row(self, user: str) -> tuple[list[int], int]:
+        """A known user's whole sequence (catalogue rows) and hashed user token."""
         if self.users is None:
             raise GenrecError(f"{self.source} is a model directory, which knows no users; load the run directory "
                               f"or pass the user's history")
         if user not in self.users:
             raise GenrecError(f"user {user!r} is not in the data of {self.source}; pass a known user or a history")
-        bucket = int(user_buckets([user], getattr(self.model.cfg, "num_user_buckets", 0))[0])
-        return self._rank([self.users[user]], [bucket], k, exclude_history, method)[0]
+        return self.users[user], int(user_buckets([user], getattr(self.model.cfg, "num_user_buckets", 0))[0])
 
-    @torch.no_grad()
-    def _rank(self, rows: list[list[int]], buckets: list[int], k: int, exclude_history: bool,
-              method: str | None) -> list[list[Recommendation]]:
-        if not rows:
-            return []
-        name = method or self.methods[0]
+    def recommend_user(self, user: str, k: int = 10, *, exclude_history: bool = True,
+                       method: str | None = None) -> list[Recommendation]:
+        """Top-k items after a user's whole sequence (their hashed user token too, where the model has them)."""
+        row, bucket = self.user_row(user)
+        return self.rank([row], [bucket], k, exclude_history, method)[0]
+
+    def check_method(self, name: str) -> None:
         if not offers(self.methods, name):
             raise GenrecError(f"method {name!r} is not offered by this {type(self.model).__name__}; choose from "
                               f"{', '.join(self.methods)}")
+
+    def is_new(self, row: int) -> bool:
+        """Whether the model counts the item as new (in no training sequence, or added after training)."""
+        dense = getattr(self.model, "dense", None)
+        return bool(dense.new_items[row]) if dense is not None else False
+
+    @torch.no_grad()
+    def rank(self, rows: list[list[int]], buckets: list[int], k: int, exclude_history: bool,
+             method: str | None) -> list[list[Recommendation]]:
+        """Top-k lists of many histories (catalogue rows, oldest first) in one batch: what every caller ends in."""
+        if not rows:
+            return []
+        name = method or self.methods[0]
+        self.check_method(name)
         if not 1 <= k <= len(self.item_ids):
             raise GenrecError(f"k must be between 1 and the catalogue's {len(self.item_ids)} items, got {k}")
         if any(not r for r in rows):

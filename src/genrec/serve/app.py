@@ -1,0 +1,147 @@
+"""The HTTP service (`genrec serve`): a trained model kept in memory behind a small REST API and a web page.
+
+    POST /recommend     {"history": [item IDs] | "user": ID, "k": 10, "method": null, "exclude_history": true}
+    GET  /items/{id}    an item's title (and whether it is new)
+    GET  /items?q=...   title search, for building a history
+    GET  /users/random  a random user of the run and their history (run directories only)
+    GET  /health        model loaded, catalogue size, version, methods
+    GET  /              the web page; /docs the generated OpenAPI docs
+
+Concurrent /recommend requests are gathered into one batched model call (`batcher.Batcher`). Every request is
+validated (unknown item IDs or fields, an empty or too long history, k out of range, malformed JSON, a body over
+`max_body_bytes`): a 4xx with a message that names the problem, and the service keeps serving. No request names
+a file. FastAPI and uvicorn come with the optional extra `genrec[serve]`.
+"""
+
+from __future__ import annotations
+
+import random
+from contextlib import asynccontextmanager
+from importlib import resources
+from importlib.metadata import version
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from genrec.errors import GenrecError
+from genrec.serve.batcher import Batcher
+from genrec.serve.recommender import Recommender
+
+VERSION = version("genrec")
+MAX_K = 1000
+MAX_ID_CHARS = 200
+
+
+class RecommendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    history: list[str] | None = Field(None, description="item IDs, oldest first (or give `user`)")
+    user: str | None = Field(None, max_length=MAX_ID_CHARS, description="a user of the run's data")
+    k: int = Field(10, ge=1, le=MAX_K, description="how many items")
+    method: str | None = Field(None, max_length=40, description="ranking method (default: the model's first)")
+    exclude_history: bool = Field(True, description="leave the history's items out of the ranking")
+
+    @field_validator("history")
+    @classmethod
+    def _ids(cls, history: list[str] | None) -> list[str] | None:
+        if history is not None and any(len(i) > MAX_ID_CHARS for i in history):
+            raise ValueError(f"an item ID is longer than {MAX_ID_CHARS} characters")
+        return history
+
+
+def create_app(rec: Recommender, *, max_batch: int = 64, max_wait_ms: float = 5.0, batched: bool = True,
+               max_history: int = 200, max_body_bytes: int = 65536) -> FastAPI:
+    """The service around a loaded Recommender."""
+    titles_lower = [t.lower() for t in rec.titles]
+
+    def run(key: tuple[str | None, int, bool], payloads: list[tuple[list[int], int]]) -> list[Any]:
+        method, k, exclude = key
+        rows, buckets = [p[0] for p in payloads], [p[1] for p in payloads]
+        return rec.rank(rows, buckets, k, exclude, method)
+
+    batcher = Batcher(run, max_batch=max_batch, max_wait_ms=max_wait_ms, batched=batched)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await batcher.start()
+        yield
+        await batcher.stop()  # in-flight requests are answered first
+
+    app = FastAPI(title="genrec", version=VERSION, lifespan=lifespan,
+                  description="Recommendations from a generative retrieval model (semantic IDs).")
+    app.state.batcher = batcher
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
+            return JSONResponse({"detail": f"the request body is over {max_body_bytes} bytes"}, status_code=413)
+        return await call_next(request)
+
+    def item(row: int, score: float | None = None, rank: int | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {"item_id": rec.item_ids[row], "title": rec.titles[row], "new": rec.is_new(row)}
+        if score is not None:
+            out.update(rank=rank, score=score)
+        return out
+
+    @app.post("/recommend")
+    async def recommend(req: RecommendRequest) -> dict[str, Any]:
+        """Top-k items after a history (or a known user's sequence), with titles and scores."""
+        if (req.history is None) == (req.user is None):
+            raise HTTPException(422, "give either history (a list of item IDs) or user, not both or neither")
+        if req.history is not None and not req.history:
+            raise HTTPException(422, "history is empty; give at least one item ID")
+        if req.history is not None and len(req.history) > max_history:
+            raise HTTPException(422, f"history has {len(req.history)} items; at most {max_history} are accepted")
+        if req.k > len(rec.item_ids):
+            raise HTTPException(422, f"k={req.k} is beyond the catalogue's {len(rec.item_ids)} items")
+        method = req.method or rec.methods[0]
+        try:
+            rec.check_method(method)
+            row, bucket = (rec.history_row(req.history), 0) if req.history is not None else (None, 0)
+        except GenrecError as err:
+            raise HTTPException(422, str(err)) from None
+        if row is None:
+            try:
+                row, bucket = rec.user_row(req.user)
+            except GenrecError as err:
+                raise HTTPException(404, str(err)) from None
+        recs = await batcher.submit((method, req.k, req.exclude_history), (row, bucket))
+        return {"method": method, "k": req.k, "history": [item(r) for r in row],
+                "items": [dict(item(rec.index[r.item_id], r.score, r.rank)) for r in recs]}
+
+    @app.get("/items/{item_id}")
+    async def get_item(item_id: str) -> dict[str, Any]:
+        row = rec.index.get(item_id)
+        if row is None:
+            raise HTTPException(404, f"no item {item_id!r} in the catalogue")
+        return item(row)
+
+    @app.get("/items")
+    async def search_items(q: str = Query(..., min_length=1, max_length=100), limit: int = Query(20, ge=1, le=100)
+                           ) -> dict[str, Any]:
+        """Items whose title (or ID) contains every word of q, case-insensitive."""
+        words = q.lower().split()
+        found = [i for i, t in enumerate(titles_lower) if all(w in t or w in rec.item_ids[i].lower() for w in words)]
+        return {"query": q, "total": len(found), "items": [item(i) for i in found[:limit]]}
+
+    @app.get("/users/random")
+    async def random_user() -> dict[str, Any]:
+        if not rec.users:
+            raise HTTPException(404, "this service was started on a model directory, which knows no users")
+        user = random.choice(list(rec.users))
+        return {"user": user, "history": [item(r) for r in rec.users[user]]}
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": type(rec.model).__name__, "source": rec.source,
+                "items": len(rec.item_ids), "methods": list(rec.methods), "version": VERSION,
+                "batching": {"enabled": batched, "max_batch": max_batch, "max_wait_ms": max_wait_ms}}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> str:
+        return resources.files("genrec.serve").joinpath("page.html").read_text()
+
+    return app

@@ -1,0 +1,96 @@
+"""Dynamic batching: concurrent requests gathered into one model call, since ranking many histories in one batched
+beam search costs far less per history than one at a time.
+
+A request waits at most `max_wait_ms` for others to join it (up to `max_batch` histories); only requests with the
+same key (ranking method, k, whether history is removed) share a call. Every model call runs on one worker
+thread, so two calls never run at once on the same weights (they would share the same cores and each go slower);
+the event loop stays free to accept requests meanwhile. With `batched=False` every request is its own call (the
+baseline the benchmark compares with).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class _Job:
+    key: Hashable
+    payload: Any
+    future: asyncio.Future
+    arrived: float = field(default_factory=time.perf_counter)
+
+
+class Batcher:
+    """`await submit(key, payload)` -> the result of `run(key, [payload, ...])` for this payload."""
+
+    def __init__(self, run: Callable[[Hashable, list[Any]], list[Any]], *, max_batch: int = 64,
+                 max_wait_ms: float = 5.0, batched: bool = True) -> None:
+        self.run, self.max_batch, self.max_wait = run, max(1, max_batch), max_wait_ms / 1000.0
+        self.batched = batched
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="genrec-model")
+        self.queue: asyncio.Queue[_Job] | None = None
+        self.worker: asyncio.Task | None = None
+        self.calls = 0  # model calls made (for tests and the benchmark)
+        self.batch_sizes: list[int] = []
+
+    async def start(self) -> None:
+        self.queue = asyncio.Queue()
+        self.worker = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        """Finish what is queued, then stop the worker."""
+        if self.worker is not None and self.queue is not None:
+            await self.queue.join()
+            self.worker.cancel()
+            try:
+                await self.worker
+            except asyncio.CancelledError:
+                pass
+        self.executor.shutdown(wait=True)
+
+    async def submit(self, key: Hashable, payload: Any) -> Any:
+        assert self.queue is not None, "Batcher.start() first"
+        job = _Job(key, payload, asyncio.get_running_loop().create_future())
+        await self.queue.put(job)
+        return await job.future
+
+    async def _loop(self) -> None:
+        assert self.queue is not None
+        held: list[_Job] = []  # jobs of another key than the batch being gathered, first in line next time
+        loop = asyncio.get_running_loop()
+        while True:
+            first = held.pop(0) if held else await self.queue.get()
+            batch = [first] + [j for j in held if j.key == first.key][: self.max_batch - 1]
+            held = [j for j in held if j not in batch]
+            deadline = first.arrived + self.max_wait
+            while self.batched and len(batch) < self.max_batch:
+                timeout = deadline - time.perf_counter()
+                try:
+                    job = self.queue.get_nowait() if timeout <= 0 else \
+                        await asyncio.wait_for(self.queue.get(), timeout)
+                except (asyncio.QueueEmpty, asyncio.TimeoutError):
+                    break
+                (batch if job.key == first.key else held).append(job)
+            if not self.batched:
+                held = batch[1:] + held
+                batch = batch[:1]
+            try:
+                results = await loop.run_in_executor(self.executor, self.run, first.key, [j.payload for j in batch])
+                for job, result in zip(batch, results):
+                    if not job.future.done():
+                        job.future.set_result(result)
+            except Exception as err:  # the model call failed: every request of the batch gets the error
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(err)
+            finally:
+                self.calls += 1
+                self.batch_sizes.append(len(batch))
+                for _ in batch:
+                    self.queue.task_done()
