@@ -38,6 +38,8 @@ def test_recommend_answers_what_the_recommender_answers(client, rec):
             assert [i["score"] for i in body["items"]] == pytest.approx([w.score for w in want], abs=1e-5)
             assert [i["title"] for i in body["items"]] == [w.title for w in want]
             assert [h["item_id"] for h in body["history"]] == ["S00000", "S00001", "S00002"]
+    wide = client.post("/recommend", json={"history": ["S00000"], "k": 3, "beam_size": 64}).json()["items"]
+    assert [i["item_id"] for i in wide] == [w.item_id for w in rec.recommend(["S00000"], k=64)][:3]
     user = next(iter(rec.users))
     r = client.post("/recommend", json={"user": user, "k": 5})
     assert [i["item_id"] for i in r.json()["items"]] == [w.item_id for w in rec.recommend_user(user, k=5)]
@@ -71,6 +73,7 @@ def test_items_search_users_and_health(client, rec):
     ({"k": 5}, 422, "either history"),
     ({"history": ["S00000"], "method": "telepathy"}, 422, "method 'telepathy' is not offered"),
     ({"user": "nobody"}, 404, "user 'nobody' is not in the data"),
+    ({"history": ["S00000"], "k": 10, "beam_size": 5}, 422, "beam_size=5 must be between k=10"),
     ({"history": "S00000"}, 422, "valid list"),
     ({"history": ["x" * 300]}, 422, "longer than 200 characters"),
 ])

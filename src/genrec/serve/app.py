@@ -40,6 +40,7 @@ class RecommendRequest(BaseModel):
     history: list[str] | None = Field(None, description="item IDs, oldest first (or give `user`)")
     user: str | None = Field(None, max_length=MAX_ID_CHARS, description="a user of the run's data")
     k: int = Field(10, ge=1, le=MAX_K, description="how many items")
+    beam_size: int | None = Field(None, ge=1, le=MAX_K, description="search width, at least k (default: k)")
     method: str | None = Field(None, max_length=40, description="ranking method (default: the model's first)")
     exclude_history: bool = Field(True, description="leave the history's items out of the ranking")
 
@@ -56,10 +57,10 @@ def create_app(rec: Recommender, *, max_batch: int = 64, max_wait_ms: float = 5.
     """The service around a loaded Recommender."""
     titles_lower = [t.lower() for t in rec.titles]
 
-    def run(key: tuple[str | None, int, bool], payloads: list[tuple[list[int], int]]) -> list[Any]:
-        method, k, exclude = key
+    def run(key: tuple[str | None, int, bool, int | None], payloads: list[tuple[list[int], int]]) -> list[Any]:
+        method, k, exclude, beam_size = key
         rows, buckets = [p[0] for p in payloads], [p[1] for p in payloads]
-        return rec.rank(rows, buckets, k, exclude, method)
+        return rec.rank(rows, buckets, k, exclude, method, beam_size)
 
     batcher = Batcher(run, max_batch=max_batch, max_wait_ms=max_wait_ms, batched=batched)
 
@@ -78,7 +79,15 @@ def create_app(rec: Recommender, *, max_batch: int = 64, max_wait_ms: float = 5.
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
             return JSONResponse({"detail": f"the request body is over {max_body_bytes} bytes"}, status_code=413)
-        return await call_next(request)
+        if request.url.path != "/recommend":
+            return await call_next(request)
+        batcher.on_the_way += 1  # from here until it is queued (or refused), a gathered batch waits for it
+        request.state.arriving = True
+        try:
+            return await call_next(request)
+        finally:
+            if request.state.arriving:
+                batcher.on_the_way -= 1
 
     def item(row: int, score: float | None = None, rank: int | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {"item_id": rec.item_ids[row], "title": rec.titles[row], "new": rec.is_new(row)}
@@ -87,7 +96,7 @@ def create_app(rec: Recommender, *, max_batch: int = 64, max_wait_ms: float = 5.
         return out
 
     @app.post("/recommend")
-    async def recommend(req: RecommendRequest) -> dict[str, Any]:
+    async def recommend(req: RecommendRequest, request: Request) -> dict[str, Any]:
         """Top-k items after a history (or a known user's sequence), with titles and scores."""
         if (req.history is None) == (req.user is None):
             raise HTTPException(422, "give either history (a list of item IDs) or user, not both or neither")
@@ -97,6 +106,9 @@ def create_app(rec: Recommender, *, max_batch: int = 64, max_wait_ms: float = 5.
             raise HTTPException(422, f"history has {len(req.history)} items; at most {max_history} are accepted")
         if req.k > len(rec.item_ids):
             raise HTTPException(422, f"k={req.k} is beyond the catalogue's {len(rec.item_ids)} items")
+        if req.beam_size is not None and not req.k <= req.beam_size <= len(rec.item_ids):
+            raise HTTPException(422, f"beam_size={req.beam_size} must be between k={req.k} and the catalogue's "
+                                     f"{len(rec.item_ids)} items")
         method = req.method or rec.methods[0]
         try:
             rec.check_method(method)
@@ -108,7 +120,9 @@ def create_app(rec: Recommender, *, max_batch: int = 64, max_wait_ms: float = 5.
                 row, bucket = rec.user_row(req.user)
             except GenrecError as err:
                 raise HTTPException(404, str(err)) from None
-        recs = await batcher.submit((method, req.k, req.exclude_history), (row, bucket))
+        request.state.arriving = False
+        batcher.on_the_way -= 1  # queued now: a batch being gathered no longer waits for it
+        recs = await batcher.submit((method, req.k, req.exclude_history, req.beam_size), (row, bucket))
         return {"method": method, "k": req.k, "history": [item(r) for r in row],
                 "items": [dict(item(rec.index[r.item_id], r.score, r.rank)) for r in recs]}
 

@@ -1,8 +1,9 @@
 """Dynamic batching: concurrent requests gathered into one model call, since ranking many histories in one batched
 beam search costs far less per history than one at a time.
 
-A request waits at most `max_wait_ms` for others to join it (up to `max_batch` histories); only requests with the
-same key (ranking method, k, whether history is removed) share a call. Every model call runs on one worker
+A request waits at most `max_wait_ms` for others to join it (up to `max_batch` histories), and only while other
+requests are on their way (accepted by the service but not yet queued: `arriving`), so a lone request is never
+delayed; only requests with the same key (ranking method, k, beam, whether history is removed) share a call. Every model call runs on one worker
 thread, so two calls never run at once on the same weights (they would share the same cores and each go slower);
 the event loop stays free to accept requests meanwhile. With `batched=False` every request is its own call (the
 baseline the benchmark compares with).
@@ -38,6 +39,7 @@ class Batcher:
         self.worker: asyncio.Task | None = None
         self.calls = 0  # model calls made (for tests and the benchmark)
         self.batch_sizes: list[int] = []
+        self.on_the_way = 0  # requests accepted and not yet queued (the service counts them)
 
     async def start(self) -> None:
         self.queue = asyncio.Queue()
@@ -57,7 +59,7 @@ class Batcher:
     async def submit(self, key: Hashable, payload: Any) -> Any:
         assert self.queue is not None, "Batcher.start() first"
         job = _Job(key, payload, asyncio.get_running_loop().create_future())
-        await self.queue.put(job)
+        self.queue.put_nowait(job)
         return await job.future
 
     async def _loop(self) -> None:
@@ -70,6 +72,8 @@ class Batcher:
             held = [j for j in held if j not in batch]
             deadline = first.arrived + self.max_wait
             while self.batched and len(batch) < self.max_batch:
+                if self.queue.empty() and self.on_the_way == 0:
+                    break  # nobody else is coming: waiting would only add latency
                 timeout = deadline - time.perf_counter()
                 try:
                     job = self.queue.get_nowait() if timeout <= 0 else \

@@ -143,8 +143,9 @@ class Recommender:
 
     @torch.no_grad()
     def rank(self, rows: list[list[int]], buckets: list[int], k: int, exclude_history: bool,
-             method: str | None) -> list[list[Recommendation]]:
-        """Top-k lists of many histories (catalogue rows, oldest first) in one batch: what every caller ends in."""
+             method: str | None, beam_size: int | None = None) -> list[list[Recommendation]]:
+        """Top-k lists of many histories (catalogue rows, oldest first) in one batch: what every caller ends in.
+        `beam_size` (>= k) searches wider than k and keeps the best k (default: a beam of k)."""
         if not rows:
             return []
         name = method or self.methods[0]
@@ -157,7 +158,10 @@ class Recommender:
         history = torch.tensor([[-1] * (T - len(r[-T:])) + r[-T:] for r in rows])  # [B, T] left-padded
         device = next(self.model.parameters()).device
         batch = Batch(users=torch.tensor(buckets), history=history).to(device)
-        items, scores = self.model.ranking(name).recommend(batch, k, exclude_history)
+        if beam_size is not None and beam_size < k:
+            raise GenrecError(f"beam_size={beam_size} is below k={k}; a beam returns at most its width")
+        items, scores = self.model.ranking(name).recommend(batch, max(k, beam_size or k), exclude_history)
+        items, scores = items[:, :k], scores[:, :k]
         out = []
         for row_items, row_scores in zip(items.tolist(), scores.float().tolist()):
             out.append([Recommendation(rank, self.item_ids[i], s, self.titles[i])

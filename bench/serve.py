@@ -1,0 +1,147 @@
+"""Load test of `genrec serve` on loopback: requests per second and latency percentiles at several concurrencies
+and beam widths, with dynamic batching on and off, side by side in one run.
+
+    GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=100000000000 \
+        python bench/serve.py [--run runs/bench-beauty] [--concurrency 1 8 32 128] [--beams 20 100] [-k 10]
+                              [--seconds 15] [--max-requests 2000] [--out bench/results/serve.json]
+
+For each setting a fresh `genrec serve` process (a real uvicorn server, batching on or off) is started on the run,
+warmed up, then `concurrency` clients each send POST /recommend one after another, with histories of the run's
+test users (their whole sequence but the last item), k items from a beam of `beam_size`, history removed, until
+`--max-requests` answers or `--seconds` have passed. The clients run in this process (one asyncio loop) and the
+server in its own, so on 2 cores the two compete for the CPU as a service and its callers on one machine would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import httpx
+import numpy as np
+from meta import machine, versions
+
+from genrec.data.prepare import load_prepared
+from genrec.rundir import RunDir
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(run: Path, batched: bool, threads: int) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "genrec.cli", "serve", str(run), "--port", str(port)]
+    cmd += [] if batched else ["--no-batching"]
+    cmd += ["--threads", str(threads)] if threads else []
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            urllib.request.urlopen(url + "/health", timeout=1)
+            return proc, url
+        except OSError:
+            if proc.poll() is not None:
+                sys.exit(f"genrec serve {run} exited with {proc.returncode}")
+            time.sleep(0.1)
+    sys.exit("genrec serve did not answer within 60 s")
+
+
+async def load(url: str, histories: list[list[str]], *, concurrency: int, beam: int, k: int, seconds: float,
+               max_requests: int) -> dict:
+    latencies: list[float] = []
+    errors = 0
+    rng = random.Random(0)
+    stop_at = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
+        async def one(history: list[str]) -> None:
+            nonlocal errors
+            start = time.perf_counter()
+            r = await client.post("/recommend", json={"history": history, "k": k, "beam_size": beam})
+            if r.status_code == 200 and len(r.json()["items"]) == k:
+                latencies.append(time.perf_counter() - start)
+            else:
+                errors += 1
+
+        for _ in range(2):  # warm-up, not counted
+            await asyncio.gather(*(one(rng.choice(histories)) for _ in range(concurrency)))
+        latencies.clear()
+        sent = 0
+        began = time.perf_counter()
+
+        async def worker() -> None:
+            nonlocal sent
+            while sent < max_requests and time.perf_counter() < stop_at:
+                sent += 1
+                await one(rng.choice(histories))
+
+        stop_at = time.perf_counter() + seconds
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - began
+    ms = np.array(latencies) * 1000
+    return {"requests": len(latencies), "errors": errors, "seconds": round(elapsed, 2),
+            "requests_per_s": round(len(latencies) / elapsed, 1),
+            **{f"p{q}_ms": round(float(np.percentile(ms, q)), 1) if len(ms) else None for q in (50, 95, 99)}}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", default="runs/bench-beauty", help="a trained run directory")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 128])
+    p.add_argument("--beams", type=int, nargs="+", default=[20, 100])
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--seconds", type=float, default=15.0, help="time per setting at most")
+    p.add_argument("--max-requests", type=int, default=2000, help="answers per setting at most")
+    p.add_argument("--threads", type=int, default=0, help="the server's torch threads (default: torch's choice)")
+    p.add_argument("--out", default="bench/results/serve.json")
+    args = p.parse_args()
+    run = Path(args.run)
+    dataset = load_prepared(RunDir(run).prepared)
+    histories = [[dataset.item_ids[i] for i in seq[:-1].tolist()] for seq in dataset.sequences if len(seq) >= 3]
+    rows = []
+    print(f"{'batched':<9}{'beam':>6}{'conc.':>7}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    for batched in (True, False):
+        proc, url = start(run, batched, args.threads)
+        try:
+            for beam in args.beams:
+                for concurrency in args.concurrency:
+                    r = asyncio.run(load(url, histories, concurrency=concurrency, beam=beam, k=args.k,
+                                         seconds=args.seconds, max_requests=args.max_requests))
+                    row = {"batched": batched, "beam_size": beam, "k": args.k, "concurrency": concurrency, **r}
+                    rows.append(row)
+                    print(f"{str(batched):<9}{beam:>6}{concurrency:>7}{r['requests_per_s']:>9}{r['p50_ms']:>9}"
+                          f"{r['p95_ms']:>9}{r['p99_ms']:>9}{r['errors']:>8}", flush=True)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+    ratios = {}
+    for beam in args.beams:
+        for c in args.concurrency:
+            on = next(r for r in rows if r["batched"] and r["beam_size"] == beam and r["concurrency"] == c)
+            off = next(r for r in rows if not r["batched"] and r["beam_size"] == beam and r["concurrency"] == c)
+            ratios[f"beam{beam}/concurrency{c}"] = round(on["requests_per_s"] / max(off["requests_per_s"], 1e-9), 2)
+    print("requests per second, batched / unbatched:", ratios)
+    out = {"command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+           "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "machine": machine(), "versions": versions(),
+           "run": str(run), "rows": rows, "batched_over_unbatched": ratios}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
