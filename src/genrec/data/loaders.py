@@ -106,13 +106,14 @@ def _find(directory: Path, names: list[str], what: str) -> Path:
                       f"pass data.path=<directory with {what}>")
 
 
-def _json_line(path: Path, lineno: int, line: str) -> dict[str, Any]:
+def json_line(path: Path, lineno: int, line: str, fix: str = "fix or re-download the file") -> dict[str, Any]:
+    """One JSON-lines record, which must be an object; GenrecError naming the file, the line and `fix`."""
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as err:
-        raise GenrecError(f"{path} line {lineno} is not valid JSON ({err.msg}); fix or re-download the file") from None
+        raise GenrecError(f"{path} line {lineno} is not valid JSON ({err.msg}); {fix}") from None
     if not isinstance(obj, dict):
-        raise GenrecError(f"{path} line {lineno} is not a JSON object; fix or re-download the file")
+        raise GenrecError(f"{path} line {lineno} is not a JSON object; {fix}")
     return obj
 
 
@@ -200,7 +201,7 @@ def load_p5(cfg: DataConfig) -> Dataset:
     else:
         for lineno, line in _read_lines(meta_path):
             if line.strip():
-                obj = _json_line(meta_path, lineno, line)
+                obj = json_line(meta_path, lineno, line)
                 _require_keys(obj, ("asin",), meta_path, lineno)
                 meta[str(obj["asin"])] = (lineno, obj)
     item_index: dict[str, int] = {}
@@ -305,7 +306,7 @@ def load_amazon2014(cfg: DataConfig) -> Dataset:
     for lineno, line in _read_lines(reviews_path):
         if not line.strip():
             continue
-        obj = _json_line(reviews_path, lineno, line)
+        obj = json_line(reviews_path, lineno, line)
         _require_keys(obj, ("reviewerID", "asin", "unixReviewTime"), reviews_path, lineno)
         time = obj["unixReviewTime"]
         if not isinstance(time, int) or isinstance(time, bool):

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from genrec.config import Config
+from genrec.data.loaders import json_line
 from genrec.data.prepare import load_prepared
 from genrec.data.splits import make_split
 from genrec.errors import GenrecError
@@ -35,16 +36,8 @@ def read_new_items(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
         raise GenrecError(f"{path} does not exist; pass --items <JSONL, CSV or Parquet file of new items>")
     rows: list[dict[str, Any]] = []
     if path.name.lower().endswith((".jsonl", ".json")):
-        for n, line in enumerate(path.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise GenrecError(f"{path} line {n} is not JSON ({err.msg}); write one object per line") from None
-            if not isinstance(row, dict):
-                raise GenrecError(f"{path} line {n} is not a JSON object; write one object per line")
-            rows.append(row)
+        rows = [json_line(path, n, line, "write one JSON object per item and line")
+                for n, line in enumerate(path.read_text().splitlines(), start=1) if line.strip()]
     else:
         from genrec.data.table import _plain, _read_table
 
