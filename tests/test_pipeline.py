@@ -396,3 +396,20 @@ def test_rqvae_semantic_ids_with_the_collaborative_term_run_end_to_end(tiny_over
     # a collaborative term without the collab stage is refused before anything runs
     assert main(["run", "-c", str(TINY), *overrides, "collab.enabled=false", "train.distill=0"]) == 2
     assert "quantize.collab_weight is the RQ-VAE's collaborative term" in capsys.readouterr().err
+
+
+def test_settings_added_later_keep_older_run_directories_current():
+    """Fingerprints of the default recipe's stages, as a run made before the later settings (repeats, new items,
+    RQ-VAE, the dense head, the optimiser's beta2 and target weights) stamped them: such a run stays current."""
+    from genrec.config import fingerprint
+    from genrec.pipeline import LATER, _without_later_defaults, settings
+
+    cfg = load_config(REPO / "configs" / "beauty.yaml", [])
+    got = {st: fingerprint(*map(_without_later_defaults, settings(cfg, st).items()))
+           for st in ("prepare", "embed", "collab", "quantize", "train", "evaluate")}
+    assert got == {"prepare": "69f4e85aaba86b02", "embed": "312a44d21bd0ffad", "collab": "517b7dcb648f1057",
+                   "quantize": "6f5998a5cbf40152", "train": "22c3f543944ec373", "evaluate": "e9ffa7ad03639fca"}
+    changed = load_config(REPO / "configs" / "beauty.yaml", ["data.cold_items=0.05", "model.tiger.dense_weight=1"])
+    assert fingerprint(*map(_without_later_defaults, settings(changed, "prepare").items())) != got["prepare"]
+    assert fingerprint(*map(_without_later_defaults, settings(changed, "train").items())) != got["train"]
+    assert set(LATER) <= {"data", "quantize", "model.tiger", "train"}

@@ -31,6 +31,7 @@ from genrec.ids.new_items import (
 )
 from genrec.models.checkpoint import load_items, load_model, save_model
 from genrec.models.extend import extend_catalog
+from genrec.pipeline import is_current
 from genrec.rundir import RunDir
 from genrec.workspace import load_sids
 
@@ -61,6 +62,10 @@ def add_items(cfg: Config, items_path: Path, out: Path, model_dir: Path | None =
                           f"(the run was quantized again since, or the model is another run's); retrain it with "
                           f"'genrec train --force' or pass the run it came from")
     check_embed_model(cfg, run)
+    for stage in ("prepare", "embed", "collab", "quantize"):  # new items are placed as the run placed its own
+        if not is_current(cfg, run, stage):
+            raise GenrecError(f"the settings given differ from those the {stage} stage of {run.root} ran with (or "
+                              f"that stage was redone since); pass the run's own recipe: -c {run.root}/config.yaml")
     ids, fields = read_new_items(items_path)
     known = set(items[0])
     clash = [i for i in ids if i in known]

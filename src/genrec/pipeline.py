@@ -76,7 +76,28 @@ def expected_stamp(cfg: Config, run: RunDir, stage: str) -> dict[str, Any]:
                               f"missing or unfinished; run 'genrec {STAGES[i - 1]}' first (or 'genrec run')")
         upstream = up["id"]
     values = settings(cfg, stage)
-    return {"stage": stage, "fingerprint": fingerprint(*values.values()), "upstream": upstream, "settings": values}
+    return {"stage": stage, "fingerprint": fingerprint(*map(_without_later_defaults, values.items())),
+            "upstream": upstream, "settings": values}
+
+
+# Settings added after runs were made, with the value that does what those runs did: left out of the fingerprint
+# at that value, so that a run directory made before a setting existed stays current.
+LATER = {
+    "data": {"keep_repeats": False, "cold_items": 0.0, "cold_items_by": "random", "cold_seed": 0},
+    "quantize": {"inputs": "auto", "latent_dim": 32, "hidden_dim": 256, "steps": 3000, "batch_size": 1024,
+                 "lr": 0.001, "beta": 0.25, "collab_weight": 0.0, "diversity_weight": 0.0, "reseed_every": 100},
+    "model.tiger": {"text_input": False, "dense_weight": 0.0, "generative_weight": 1.0, "dense_item": "text+codes",
+                    "dense_temperature": 0.07, "hybrid_candidates": 20},
+    "train": {"adam_beta2": 0.98, "target_weights": "batch"},
+}
+
+
+def _without_later_defaults(item: tuple[str, Any]) -> Any:
+    name, section = item
+    later = LATER.get(name)
+    if not later or not isinstance(section, dict):
+        return section
+    return {k: v for k, v in section.items() if not (k in later and v == later[k])}
 
 
 def is_current(cfg: Config, run: RunDir, stage: str) -> bool:

@@ -58,6 +58,9 @@ def validate(cfg: Config) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key} must be at least 1, got {value}")
+    if q.num_levels > 25:
+        raise ConfigError(f"quantize.num_levels={q.num_levels}: semantic IDs are written with one letter per level "
+                          f"and the extra level, so at most 25 levels")
     if q.codebook_size < 2:
         raise ConfigError(f"quantize.codebook_size must be at least 2 (one code per level tells no items apart), "
                           f"got {q.codebook_size}")
@@ -77,9 +80,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError("quantize.collab_weight is the RQ-VAE's collaborative term: it needs quantize.method=rqvae "
                           "and collab.enabled=true")
     if g.dense_weight < 0 or g.generative_weight < 0 or g.dense_weight + g.generative_weight == 0 \
-            or g.dense_temperature <= 0 or g.hybrid_candidates < 1:
+            or g.dense_temperature <= 0 or not 1 <= g.hybrid_candidates <= 1000:
         raise ConfigError(f"model.tiger.dense_weight and generative_weight must be >= 0 and not both 0, "
-                          f"dense_temperature above 0 and hybrid_candidates at least 1; got {g.dense_weight}, "
+                          f"dense_temperature above 0 and hybrid_candidates in 1..1000; got {g.dense_weight}, "
                           f"{g.generative_weight}, {g.dense_temperature}, {g.hybrid_candidates}")
     if g.repeat_bias and not g.trie_softmax:
         raise ConfigError("model.tiger.repeat_bias offsets a trie node inside its parent's softmax, which needs "

@@ -15,6 +15,7 @@ from genrec.ids.catalog import Catalog
 from genrec.models.checkpoint import save_model
 from genrec.models.dense import dense_log_probs, fusion_scores, hybrid_scores
 from genrec.models.tiger import Tiger
+from genrec.models.types import offers
 from genrec.search import beam_search
 
 from tiny_tiger import brute_force_scores, collision_catalog, random_batch, tiny_config
@@ -132,3 +133,18 @@ def test_fusion_adds_the_generative_and_dense_log_probabilities_of_the_same_cand
         want = (dense + generative)[candidates]
         torch.testing.assert_close(got[candidates], want, atol=1e-4, rtol=1e-4)
     assert model.ranking("fusion").name == "fusion" and model.ranking("fusion-8").list_size == 8 + 3
+
+
+@pytest.mark.parametrize("name,offered", [
+    ("hybrid", True), ("hybrid-40", True), ("fusion-1000", True), ("dense", True),
+    ("hybrid-0", False), ("hybrid-040", False), ("hybrid-1001", False), ("hybrid-100000000", False),
+    ("hybrid-\u00b2", False), ("generative-5", False), ("exact-3", False), ("dense-2", False), ("hybrid-", False),
+])
+def test_only_the_hybrid_methods_take_a_size_and_only_a_sane_one(name, offered):
+    model = dense_model()
+    assert offers(model.methods, name) is offered
+    if offered:
+        assert model.ranking(name).name == name
+    else:
+        with pytest.raises(KeyError):
+            model.ranking(name)

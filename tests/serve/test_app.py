@@ -72,6 +72,8 @@ def test_items_search_users_and_health(client, rec):
     ({"history": ["S00000"], "user": "U00001", "k": 5}, 422, "either history"),
     ({"k": 5}, 422, "either history"),
     ({"history": ["S00000"], "method": "telepathy"}, 422, "method 'telepathy' is not offered"),
+    ({"history": ["S00000"], "method": "exact-3"}, 422, "method 'exact-3' is not offered"),
+    ({"history": ["S00000"], "method": "hybrid-100000000"}, 422, "method 'hybrid-100000000' is not offered"),
     ({"user": "nobody"}, 404, "user 'nobody' is not in the data"),
     ({"history": ["S00000"], "k": 10, "beam_size": 5}, 422, "beam_size=5 must be between k=10"),
     ({"history": "S00000"}, 422, "valid list"),
@@ -90,6 +92,9 @@ def test_malformed_and_oversized_bodies_and_unknown_items(client):
     r = client.post("/recommend", content=b'{"history": ["' + b"S" * 70000 + b'"]}',
                     headers={"content-type": "application/json"})
     assert r.status_code == 413 and "over 65536 bytes" in r.text
+    chunks = (part for part in [b'{"history": ', b'["S00000"]}'])  # no Content-Length: the size is unknown
+    r = client.post("/recommend", content=chunks, headers={"content-type": "application/json"})
+    assert r.status_code == 411 and "Content-Length" in r.text
     assert client.get("/items/NOPE").status_code == 404
     assert client.get("/items", params={"q": ""}).status_code == 422
     assert client.get("/items/..%2F..%2Fetc%2Fpasswd").status_code == 404  # an ID, never a path

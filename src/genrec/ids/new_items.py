@@ -36,8 +36,12 @@ def read_new_items(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
         raise GenrecError(f"{path} does not exist; pass --items <JSONL, CSV or Parquet file of new items>")
     rows: list[dict[str, Any]] = []
     if path.name.lower().endswith((".jsonl", ".json")):
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as err:
+            raise GenrecError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from None
         rows = [json_line(path, n, line, "write one JSON object per item and line")
-                for n, line in enumerate(path.read_text().splitlines(), start=1) if line.strip()]
+                for n, line in enumerate(lines, start=1) if line.strip()]
     else:
         from genrec.data.table import _plain, _read_table
 
@@ -63,8 +67,8 @@ def read_new_items(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
 
 def check_embed_model(cfg: Config, run: RunDir) -> None:
     """The new items must be embedded by the encoder that embedded the run's items."""
-    stamp = run.stamp("embed")
-    used = json.loads(stamp.read_text()).get("settings", {}).get("embed", {}).get("model") if stamp.is_file() else None
+    stats = run.stage("embed") / "embedding_stats.json"
+    used = json.loads(stats.read_text()).get("model") if stats.is_file() else None
     if used is None:
         raise GenrecError(f"{run.root} has no text embeddings (its embed stage did not run or its items have no "
                           f"text), so new items cannot be placed by their text; run 'genrec embed' first")

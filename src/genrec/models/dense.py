@@ -125,7 +125,7 @@ def fusion_scores(model: Tiger, batch: Batch, candidates: int, exclude_history: 
     return dense + generative
 
 
-def hybrid_method(model: Tiger, candidates: int, fuse: bool = False) -> RankingMethod:
+def hybrid_method(model: Tiger, name: str, candidates: int, fuse: bool = False) -> RankingMethod:
     score = fusion_scores if fuse else hybrid_scores
 
     def recommend(batch: Batch, k: int, exclude_history: bool) -> tuple[Tensor, Tensor]:
@@ -136,8 +136,6 @@ def hybrid_method(model: Tiger, candidates: int, fuse: bool = False) -> RankingM
     def target_ranks(batch: Batch, k: int, exclude_history: bool) -> Tensor:
         return ranks_in_scores(score(model, batch, candidates, exclude_history), batch.targets, k)
 
-    base = "fusion" if fuse else "hybrid"
-    name = base if candidates == model.cfg.hybrid_candidates else f"{base}-{candidates}"
     return RankingMethod(name, complete=False, recommend=torch.no_grad()(recommend),
                          target_ranks=torch.no_grad()(target_ranks), cost_per_item=len(model.decoder),
                          list_size=candidates + int(model.dense.new_items.sum()))

@@ -89,6 +89,8 @@ class Tiger(nn.Module, Pretrained):
     @classmethod
     def offered_methods(cls, cfg: TigerConfig) -> tuple[str, ...]:
         """Beam search (the default) and exact scoring; with a dense head also dense, hybrid and fusion (-<K>)."""
+        if cfg.dense_weight > 0 and cfg.generative_weight == 0:  # only the dense head learns: it is the default
+            return ("dense", "generative", "exact", "hybrid", "fusion")
         return ("generative", "exact") + (("dense", "hybrid", "fusion") if cfg.dense_weight > 0 else ())
 
     def checkpoint_meta(self) -> dict[str, Any]:
@@ -361,9 +363,10 @@ class Tiger(nn.Module, Pretrained):
                                  target_ranks=self._exact_ranks, max_batch=8)
         if self.dense is not None and name == "dense":  # every item by its dense score
             return dense_method(self)
-        if self.dense is not None and name.split("-")[0] in ("hybrid", "fusion"):  # beam top K + new items
-            return hybrid_method(self, method_parameter(name) or self.cfg.hybrid_candidates,
-                                 fuse=name.startswith("fusion"))
+        if self.dense is not None and name in ("hybrid", "fusion"):  # beam top K + new items, re-ranked
+            return hybrid_method(self, name, self.cfg.hybrid_candidates, fuse=name == "fusion")
+        if self.dense is not None and method_parameter(name) is not None:  # hybrid-K, fusion-K
+            return hybrid_method(self, name, method_parameter(name), fuse=name.startswith("fusion"))
         raise KeyError(name)
 
     @torch.no_grad()

@@ -16,6 +16,7 @@ a `genrec.search.CodeDecoder`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Protocol
 
@@ -48,14 +49,21 @@ class RankingMethod:
     list_size: int = 0  # a top list's most items whatever the beam (0: as many as the beam size)
 
 
+PARAMETRIC = ("hybrid", "fusion")  # methods that take a size, written <method>-<n> (hybrid-40)
+MAX_PARAMETER = 1000
+
+
 def method_parameter(name: str) -> int | None:
-    """The integer parameter of a method name written `<method>-<n>` (hybrid-40 -> 40), else None."""
-    base, _, n = name.partition("-")
-    return int(n) if base and n.isdigit() and int(n) > 0 else None
+    """The size of a method name written `<method>-<n>` for a method that takes one (hybrid-40 -> 40), n in
+    1..1000 without leading zeros; None for any other name."""
+    match = re.fullmatch(r"([a-z]+)-([1-9][0-9]{0,3})", name)
+    if match is None or match.group(1) not in PARAMETRIC or int(match.group(2)) > MAX_PARAMETER:
+        return None
+    return int(match.group(2))
 
 
 def offers(methods: tuple[str, ...], name: str) -> bool:
-    """Whether a model offering `methods` has the method `name` (a listed one, or one with a parameter)."""
+    """Whether a model offering `methods` has the method `name` (a listed one, or a listed one with a size)."""
     return name in methods or (method_parameter(name) is not None and name.partition("-")[0] in methods)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 from contextlib import asynccontextmanager
 from importlib import resources
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Query, Request
@@ -29,7 +29,10 @@ from genrec.errors import GenrecError
 from genrec.serve.batcher import Batcher
 from genrec.serve.recommender import Recommender
 
-VERSION = version("genrec")
+try:
+    VERSION = version("genrec")
+except PackageNotFoundError:  # run from a source tree that was not installed
+    VERSION = "unknown"
 MAX_K = 1000
 MAX_ID_CHARS = 200
 
@@ -62,7 +65,11 @@ def create_app(rec: Recommender, *, max_batch: int = 64, max_wait_ms: float = 5.
         rows, buckets = [p[0] for p in payloads], [p[1] for p in payloads]
         return rec.rank(rows, buckets, k, exclude, method, beam_size)
 
-    batcher = Batcher(run, max_batch=max_batch, max_wait_ms=max_wait_ms, batched=batched)
+    def limit(key: tuple[str | None, int, bool, int | None]) -> int:  # a method's own bound (exact: 8 users)
+        method = key[0] or rec.methods[0]
+        return rec.model.ranking(method).max_batch or max_batch
+
+    batcher = Batcher(run, max_batch=max_batch, max_wait_ms=max_wait_ms, batched=batched, limit=limit)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -79,8 +86,10 @@ def create_app(rec: Recommender, *, max_batch: int = 64, max_wait_ms: float = 5.
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
             return JSONResponse({"detail": f"the request body is over {max_body_bytes} bytes"}, status_code=413)
-        if request.url.path != "/recommend":
+        if request.method != "POST":
             return await call_next(request)
+        if length is None:
+            return JSONResponse({"detail": "send the request body with a Content-Length header"}, status_code=411)
         batcher.on_the_way += 1  # from here until it is queued (or refused), a gathered batch waits for it
         request.state.arriving = True
         try:
@@ -120,8 +129,9 @@ def create_app(rec: Recommender, *, max_batch: int = 64, max_wait_ms: float = 5.
                 row, bucket = rec.user_row(req.user)
             except GenrecError as err:
                 raise HTTPException(404, str(err)) from None
-        request.state.arriving = False
-        batcher.on_the_way -= 1  # queued now: a batch being gathered no longer waits for it
+        if getattr(request.state, "arriving", False):
+            request.state.arriving = False
+            batcher.on_the_way -= 1  # queued now: a batch being gathered no longer waits for it
         recs = await batcher.submit((method, req.k, req.exclude_history, req.beam_size), (row, bucket))
         return {"method": method, "k": req.k, "history": [item(r) for r in row],
                 "items": [dict(item(rec.index[r.item_id], r.score, r.rank)) for r in recs]}

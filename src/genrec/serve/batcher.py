@@ -31,11 +31,15 @@ class Batcher:
     """`await submit(key, payload)` -> the result of `run(key, [payload, ...])` for this payload."""
 
     def __init__(self, run: Callable[[Hashable, list[Any]], list[Any]], *, max_batch: int = 64,
-                 max_wait_ms: float = 5.0, batched: bool = True) -> None:
+                 max_wait_ms: float = 5.0, batched: bool = True,
+                 limit: Callable[[Hashable], int] | None = None) -> None:
+        """`limit(key)`: the most payloads one call of that key may take (at most max_batch)."""
         self.run, self.max_batch, self.max_wait = run, max(1, max_batch), max_wait_ms / 1000.0
+        self.limit = limit or (lambda key: self.max_batch)
         self.batched = batched
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="genrec-model")
         self.queue: asyncio.Queue[_Job] | None = None
+        self.arrived: asyncio.Event | None = None  # set at every submit
         self.worker: asyncio.Task | None = None
         self.calls = 0  # model calls made (for tests and the benchmark)
         self.batch_sizes: list[int] = []
@@ -43,6 +47,7 @@ class Batcher:
 
     async def start(self) -> None:
         self.queue = asyncio.Queue()
+        self.arrived = asyncio.Event()
         self.worker = asyncio.create_task(self._loop())
 
     async def stop(self) -> None:
@@ -60,6 +65,8 @@ class Batcher:
         assert self.queue is not None, "Batcher.start() first"
         job = _Job(key, payload, asyncio.get_running_loop().create_future())
         self.queue.put_nowait(job)
+        assert self.arrived is not None
+        self.arrived.set()
         return await job.future
 
     async def _loop(self) -> None:
@@ -68,19 +75,24 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             first = held.pop(0) if held else await self.queue.get()
-            batch = [first] + [j for j in held if j.key == first.key][: self.max_batch - 1]
+            size = max(1, min(self.max_batch, self.limit(first.key)))
+            batch = [first] + [j for j in held if j.key == first.key][: size - 1]
             held = [j for j in held if j not in batch]
             deadline = first.arrived + self.max_wait
-            while self.batched and len(batch) < self.max_batch:
-                if self.queue.empty() and self.on_the_way == 0:
-                    break  # nobody else is coming: waiting would only add latency
+            while self.batched and len(batch) < size:
+                if not self.queue.empty():
+                    job = self.queue.get_nowait()
+                    (batch if job.key == first.key else held).append(job)
+                    continue
                 timeout = deadline - time.perf_counter()
-                try:
-                    job = self.queue.get_nowait() if timeout <= 0 else \
-                        await asyncio.wait_for(self.queue.get(), timeout)
-                except (asyncio.QueueEmpty, asyncio.TimeoutError):
+                if self.on_the_way <= 0 or timeout <= 0:
+                    break  # nobody else is coming, or the wait is over
+                assert self.arrived is not None
+                self.arrived.clear()
+                try:  # waiting on an event, never on queue.get: a timeout cannot drop a dequeued job
+                    await asyncio.wait_for(self.arrived.wait(), timeout)
+                except asyncio.TimeoutError:
                     break
-                (batch if job.key == first.key else held).append(job)
             if not self.batched:
                 held = batch[1:] + held
                 batch = batch[:1]
