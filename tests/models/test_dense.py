@@ -148,3 +148,20 @@ def test_only_the_hybrid_methods_take_a_size_and_only_a_sane_one(name, offered):
     else:
         with pytest.raises(KeyError):
             model.ranking(name)
+
+
+def test_new_items_are_no_negatives_of_the_dense_loss():
+    """The dense softmax of training runs over the items that existed: the new ones' logits take no part."""
+    model = dense_model()
+    model.cfg = dataclasses.replace(model.cfg, generative_weight=0.0)
+    batch = Batch(torch.zeros(3, dtype=torch.long), torch.tensor([[-1, 4, 9], [2, 8, 1], [-1, -1, 7]]),
+                  torch.tensor([5, 30, 12]))
+    with torch.no_grad():
+        loss = model(batch).loss
+        memory = model.encode(Batch(batch.users, batch.history))
+        z = model.dense.logits(model.item_states(memory)[:, -1], model.dense_vectors(), batch.history, None)
+    keep = ~model.dense.new_items  # items 3, 17 and 29 are new
+    kept = keep.nonzero()[:, 0].tolist()
+    want = torch.nn.functional.cross_entropy(z[:, keep], torch.tensor([kept.index(t) for t in (5, 30, 12)]))
+    assert loss == pytest.approx(float(want), abs=1e-5)
+    assert loss != pytest.approx(float(torch.nn.functional.cross_entropy(z, batch.targets)), abs=1e-4)

@@ -345,6 +345,8 @@ class Tiger(nn.Module, Pretrained):
             states = states[live] if per_position else states[:, -1]
             history = batch.history if per_position else batch.history[:, -self.max_history :]
             z = self.dense.logits(states, self.dense_vectors(), history, live if per_position else None)
+            # new items did not exist for training: never a negative, so that nothing teaches the head to bury them
+            z = z.masked_fill(self.dense.new_items, float("-inf"))
             dense = F.cross_entropy(z, targets[live], label_smoothing=label_smoothing)
             loss = self.cfg.generative_weight * loss + self.cfg.dense_weight * dense
         return Output(loss=loss, logits=logits)
