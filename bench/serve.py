@@ -64,6 +64,7 @@ async def load(url: str, histories: list[list[str]], *, concurrency: int, beam: 
                max_requests: int) -> dict:
     latencies: list[float] = []
     errors = 0
+    kinds: dict[str, int] = {}
     rng = random.Random(0)
     stop_at = time.perf_counter() + seconds
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -71,7 +72,12 @@ async def load(url: str, histories: list[list[str]], *, concurrency: int, beam: 
         async def one(history: list[str]) -> None:
             nonlocal errors
             start = time.perf_counter()
-            r = await client.post("/recommend", json={"history": history, "k": k, "beam_size": beam})
+            try:
+                r = await client.post("/recommend", json={"history": history, "k": k, "beam_size": beam})
+            except httpx.TransportError as err:  # counted, with its kind, not hidden
+                errors += 1
+                kinds[type(err).__name__] = kinds.get(type(err).__name__, 0) + 1
+                return
             if r.status_code == 200 and len(r.json()["items"]) == k:
                 latencies.append(time.perf_counter() - start)
             else:
@@ -93,7 +99,7 @@ async def load(url: str, histories: list[list[str]], *, concurrency: int, beam: 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - began
     ms = np.array(latencies) * 1000
-    return {"requests": len(latencies), "errors": errors, "seconds": round(elapsed, 2),
+    return {"requests": len(latencies), "errors": errors, "error_kinds": kinds, "seconds": round(elapsed, 2),
             "requests_per_s": round(len(latencies) / elapsed, 1),
             **{f"p{q}_ms": round(float(np.percentile(ms, q)), 1) if len(ms) else None for q in (50, 95, 99)}}
 
@@ -124,7 +130,7 @@ def main() -> None:
                     row = {"batched": batched, "beam_size": beam, "k": args.k, "concurrency": concurrency, **r}
                     rows.append(row)
                     print(f"{str(batched):<9}{beam:>6}{concurrency:>7}{r['requests_per_s']:>9}{r['p50_ms']:>9}"
-                          f"{r['p95_ms']:>9}{r['p99_ms']:>9}{r['errors']:>8}", flush=True)
+                          f"{r['p95_ms']:>9}{r['p99_ms']:>9}{r['errors']:>8} {r['error_kinds'] or ''}", flush=True)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
