@@ -162,7 +162,8 @@ def create_app(rec: Recommender, *, max_batch: int = 64, max_wait_ms: float = 5.
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": type(rec.model).__name__, "source": rec.source,
                 "items": len(rec.item_ids), "methods": list(rec.methods), "version": VERSION,
-                "batching": {"enabled": batched, "max_batch": max_batch, "max_wait_ms": max_wait_ms}}
+                "batching": {"enabled": batched, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
+                             "model_calls": batcher.calls, "requests": sum(batcher.batch_sizes)}}
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> str:

@@ -78,7 +78,9 @@ class Batcher:
             size = max(1, min(self.max_batch, self.limit(first.key)))
             batch = [first] + [j for j in held if j.key == first.key][: size - 1]
             held = [j for j in held if j not in batch]
-            deadline = first.arrived + self.max_wait
+            # the wait runs from now, not from the first job's arrival: after a long model call the first job is
+            # old, and the requests still being read then would each go alone, in ever smaller batches
+            deadline = time.perf_counter() + self.max_wait
             while self.batched and len(batch) < size:
                 if not self.queue.empty():
                     job = self.queue.get_nowait()
