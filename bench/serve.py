@@ -8,7 +8,8 @@ and beam widths, with dynamic batching on and off, side by side in one run.
 For each setting a fresh `genrec serve` process (a real uvicorn server, batching on or off) is started on the run,
 warmed up, then `concurrency` clients each send POST /recommend one after another, with histories of the run's
 test users (their whole sequence but the last item), k items from a beam of `beam_size`, history removed, until
-`--max-requests` answers or `--seconds` have passed. The clients run in this process (one asyncio loop) and the
+`--max-requests` answers or `--seconds` have passed. The clients run in this process (one asyncio loop, one
+keep-alive HTTP/1.1 connection each over plain asyncio streams, so that the load generator costs little) and the
 server in its own, so on 2 cores the two compete for the CPU as a service and its callers on one machine would.
 """
 
@@ -27,7 +28,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import httpx
 import numpy as np
 from meta import machine, versions
 
@@ -60,44 +60,76 @@ def start(run: Path, batched: bool, threads: int) -> tuple[subprocess.Popen, str
     sys.exit("genrec serve did not answer within 60 s")
 
 
+class Connection:
+    """One keep-alive HTTP/1.1 connection over asyncio streams: a load generator's client must cost far less than
+    the server it measures (httpx's pool costs more per request as connections grow, which at 128 starved the
+    server of requests)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post_json(self, path: str, body: dict) -> tuple[int, dict]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        data = json.dumps(body).encode()
+        self.writer.write(f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+                          f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+        await self.writer.drain()
+        assert self.reader is not None
+        head = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        status = int(head[0].split()[1])
+        length = next(int(h.split(":", 1)[1]) for h in head if h.lower().startswith("content-length:"))
+        return status, json.loads(await self.reader.readexactly(length))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 async def load(url: str, histories: list[list[str]], *, concurrency: int, beam: int, k: int, seconds: float,
                max_requests: int) -> dict:
     latencies: list[float] = []
     errors = 0
     kinds: dict[str, int] = {}
     rng = random.Random(0)
+    host, port = url.split("//")[1].split(":")
+    connections = [Connection(host, int(port)) for _ in range(concurrency)]
+
+    async def one(conn: Connection, history: list[str]) -> None:
+        nonlocal errors
+        start = time.perf_counter()
+        try:
+            status, body = await conn.post_json("/recommend", {"history": history, "k": k, "beam_size": beam})
+        except (OSError, asyncio.IncompleteReadError, ValueError) as err:  # counted, with its kind, not hidden
+            errors += 1
+            kinds[type(err).__name__] = kinds.get(type(err).__name__, 0) + 1
+            conn.close()
+            conn.writer = None
+            return
+        if status == 200 and len(body["items"]) == k:
+            latencies.append(time.perf_counter() - start)
+        else:
+            errors += 1
+
+    for _ in range(2):  # warm-up, not counted
+        await asyncio.gather(*(one(c, rng.choice(histories)) for c in connections))
+    latencies.clear()
+    sent = 0
     stop_at = time.perf_counter() + seconds
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
-        async def one(history: list[str]) -> None:
-            nonlocal errors
-            start = time.perf_counter()
-            try:
-                r = await client.post("/recommend", json={"history": history, "k": k, "beam_size": beam})
-            except httpx.TransportError as err:  # counted, with its kind, not hidden
-                errors += 1
-                kinds[type(err).__name__] = kinds.get(type(err).__name__, 0) + 1
-                return
-            if r.status_code == 200 and len(r.json()["items"]) == k:
-                latencies.append(time.perf_counter() - start)
-            else:
-                errors += 1
+    began = time.perf_counter()
 
-        for _ in range(2):  # warm-up, not counted
-            await asyncio.gather(*(one(rng.choice(histories)) for _ in range(concurrency)))
-        latencies.clear()
-        sent = 0
-        began = time.perf_counter()
+    async def worker(conn: Connection) -> None:
+        nonlocal sent
+        while sent < max_requests and time.perf_counter() < stop_at:
+            sent += 1
+            await one(conn, rng.choice(histories))
 
-        async def worker() -> None:
-            nonlocal sent
-            while sent < max_requests and time.perf_counter() < stop_at:
-                sent += 1
-                await one(rng.choice(histories))
-
-        stop_at = time.perf_counter() + seconds
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - began
+    await asyncio.gather(*(worker(c) for c in connections))
+    elapsed = time.perf_counter() - began
+    for c in connections:
+        c.close()
     ms = np.array(latencies) * 1000
     return {"requests": len(latencies), "errors": errors, "error_kinds": kinds, "seconds": round(elapsed, 2),
             "requests_per_s": round(len(latencies) / elapsed, 1),

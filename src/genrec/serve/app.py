@@ -55,6 +55,36 @@ class RecommendRequest(BaseModel):
         return history
 
 
+class Guard:
+    """Plain ASGI middleware (no extra task per request): refuses bodies over the limit or of unknown size, and
+    counts each POST as on its way to the batcher until the endpoint queues it (or it ends)."""
+
+    def __init__(self, app: Any, *, batcher: Batcher, max_body_bytes: int) -> None:
+        self.app, self.batcher, self.max_body_bytes = app, batcher, max_body_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+            response = JSONResponse({"detail": f"the request body is over {self.max_body_bytes} bytes"}, 413)
+            return await response(scope, receive, send)
+        if scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        if length is None:
+            response = JSONResponse({"detail": "send the request body with a Content-Length header"}, 411)
+            return await response(scope, receive, send)
+        state = scope.setdefault("state", {})
+        state["arriving"] = True
+        self.batcher.on_the_way += 1  # until queued (or refused), a batch being gathered waits for it
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            if state.get("arriving"):
+                state["arriving"] = False
+                self.batcher.on_the_way -= 1
+
+
 def create_app(rec: Recommender, *, max_batch: int = 64, max_wait_ms: float = 5.0, batched: bool = True,
                max_history: int = 200, max_body_bytes: int = 65536) -> FastAPI:
     """The service around a loaded Recommender."""
@@ -81,22 +111,7 @@ def create_app(rec: Recommender, *, max_batch: int = 64, max_wait_ms: float = 5.
                   description="Recommendations from a generative retrieval model (semantic IDs).")
     app.state.batcher = batcher
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
-            return JSONResponse({"detail": f"the request body is over {max_body_bytes} bytes"}, status_code=413)
-        if request.method != "POST":
-            return await call_next(request)
-        if length is None:
-            return JSONResponse({"detail": "send the request body with a Content-Length header"}, status_code=411)
-        batcher.on_the_way += 1  # from here until it is queued (or refused), a gathered batch waits for it
-        request.state.arriving = True
-        try:
-            return await call_next(request)
-        finally:
-            if request.state.arriving:
-                batcher.on_the_way -= 1
+    app.add_middleware(Guard, batcher=batcher, max_body_bytes=max_body_bytes)
 
     def item(row: int, score: float | None = None, rank: int | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {"item_id": rec.item_ids[row], "title": rec.titles[row], "new": rec.is_new(row)}
@@ -129,8 +144,8 @@ def create_app(rec: Recommender, *, max_batch: int = 64, max_wait_ms: float = 5.
                 row, bucket = rec.user_row(req.user)
             except GenrecError as err:
                 raise HTTPException(404, str(err)) from None
-        if getattr(request.state, "arriving", False):
-            request.state.arriving = False
+        if request.scope.get("state", {}).get("arriving"):
+            request.scope["state"]["arriving"] = False
             batcher.on_the_way -= 1  # queued now: a batch being gathered no longer waits for it
         recs = await batcher.submit((method, req.k, req.exclude_history, req.beam_size), (row, bucket))
         return {"method": method, "k": req.k, "history": [item(r) for r in row],
