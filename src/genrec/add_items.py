@@ -20,13 +20,13 @@ from genrec.config import Config
 from genrec.data.prepare import load_prepared
 from genrec.errors import GenrecError
 from genrec.ids.catalog import Catalog
+from genrec.ids.collab import unit_rows
 from genrec.ids.new_items import (
     check_embed_model,
     embed_new_items,
     encode_new_items,
     quantizer_inputs,
     read_new_items,
-    unit_rows,
     with_collision_level,
 )
 from genrec.models.checkpoint import load_items, load_model, save_model

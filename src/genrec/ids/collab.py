@@ -29,11 +29,15 @@ from genrec.files import save_json, save_npy
 from genrec.rundir import EMBEDDINGS, ITEM_IDS, RAW_EMBEDDINGS
 
 
-def centred_unit_rows(x: np.ndarray) -> np.ndarray:
-    """Rows minus the mean row, then L2-normalised (a row that becomes zero stays zero)."""
-    x = x - x.mean(0, keepdims=True)
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows L2-normalised, float32 (a zero row stays zero)."""
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return (x / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+
+
+def centred_unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows minus the mean row, then L2-normalised (a row that becomes zero stays zero)."""
+    return unit_rows(x - x.mean(0, keepdims=True))
 
 
 def item_counts(sequences: list[np.ndarray], num_items: int) -> np.ndarray:

@@ -21,7 +21,7 @@ from genrec.data.loaders import json_line
 from genrec.data.prepare import load_prepared
 from genrec.data.splits import make_split
 from genrec.errors import GenrecError
-from genrec.ids.collab import borrow_from_text_neighbours, item_counts
+from genrec.ids.collab import borrow_from_text_neighbours, item_counts, unit_rows
 from genrec.ids.embed import _encode, item_text, load_encoder, resolve_template
 from genrec.ids.quantize import load_embeddings, load_quantizer
 from genrec.rundir import RAW_EMBEDDINGS, RunDir
@@ -91,11 +91,6 @@ def embed_new_items(cfg: Config, item_ids: list[str], fields: list[dict[str, Any
     if not np.isfinite(vectors).all() or (np.linalg.norm(vectors, axis=1) == 0).any():
         raise GenrecError(f"encoder {cfg.embed.model!r} returned non-finite or all-zero vectors for {source}")
     return vectors.astype(np.float32)
-
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.where(norms > 0, norms, 1.0)).astype(np.float32)
 
 
 def quantizer_inputs(cfg: Config, run: RunDir, text: np.ndarray) -> np.ndarray:

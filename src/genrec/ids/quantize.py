@@ -24,6 +24,7 @@ import numpy as np
 from genrec.config import QuantizeConfig, to_dict
 from genrec.errors import GenrecError
 from genrec.files import save_json, save_npy
+from genrec.ids.collab import unit_rows
 from genrec.ids.random_ids import RandomIDs
 from genrec.ids.rqkmeans import RQKMeans, add_collision_level, codebook_health
 from genrec.ids.rqvae import RQVAE
@@ -127,8 +128,7 @@ def load_inputs(dirs: list[Path], normalize: bool) -> np.ndarray:
         same_items(Path(dirs[0]), parts[0], Path(d), part)
     if len(parts) == 1:
         return parts[0]
-    units = [p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12) for p in parts]
-    return np.ascontiguousarray(np.concatenate(units, axis=1), dtype=np.float32)
+    return np.ascontiguousarray(np.concatenate([unit_rows(p) for p in parts], axis=1))
 
 
 def fit_and_encode(quantizer: Quantizer, x: np.ndarray, fit_rows: np.ndarray | None,
