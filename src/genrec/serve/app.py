@@ -149,7 +149,7 @@ def create_app(rec: Recommender, *, max_batch: int = 64, max_wait_ms: float = 5.
             batcher.on_the_way -= 1  # queued now: a batch being gathered no longer waits for it
         recs = await batcher.submit((method, req.k, req.exclude_history, req.beam_size), (row, bucket))
         return {"method": method, "k": req.k, "history": [item(r) for r in row],
-                "items": [dict(item(rec.index[r.item_id], r.score, r.rank)) for r in recs]}
+                "items": [item(rec.index[r.item_id], r.score, r.rank) for r in recs]}
 
     @app.get("/items/{item_id}")
     async def get_item(item_id: str) -> dict[str, Any]:

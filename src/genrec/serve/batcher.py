@@ -15,7 +15,7 @@ import asyncio
 import time
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -24,7 +24,6 @@ class _Job:
     key: Hashable
     payload: Any
     future: asyncio.Future
-    arrived: float = field(default_factory=time.perf_counter)
 
 
 class Batcher:
