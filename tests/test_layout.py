@@ -15,7 +15,7 @@ LAYERS = {
     "genrec.provenance": 0, "genrec.plots": 0, "genrec.rules": 0,
     "genrec.data": 1, "genrec.ids": 2, "genrec.workspace": 3, "genrec.search": 3, "genrec.models": 4,
     "genrec.evaluation": 5, "genrec.train": 6, "genrec.stages": 7, "genrec.pipeline": 8, "genrec.serve": 8,
-    "genrec.add_items": 8,
+    "genrec.add_items": 8, "genrec.query": 8, "genrec.query.config": 0,
     "genrec.cli": 9, "genrec": 9,
 }
 

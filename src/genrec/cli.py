@@ -5,6 +5,8 @@
     genrec recommend -c CONFIG (--history ITEM [ITEM ...] | --user USER) [-k 10]
     genrec add-items -c CONFIG --items FILE --out DIR [--model DIR]
     genrec serve PATH [--port 8000] [--max-batch 64] [--max-wait-ms 5] [--no-batching]
+    genrec train-query -c CONFIG [overrides]
+    genrec search -c CONFIG "QUERY" [--history ITEM ...] [-k 10]
 
 Works the same under `torchrun --nproc_per_node=N -m genrec.cli ...` (DDP; logging on rank 0 only).
 """
@@ -70,7 +72,50 @@ def _parser() -> argparse.ArgumentParser:
                        help="how long a request waits for others to share its model call (default 5)")
     serve.add_argument("--no-batching", action="store_true", help="one model call per request")
     serve.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    tq = sub.add_parser("train-query", help="train the query model (text -> semantic IDs) of a run into <run>/query")
+    with_config(tq)
+    search = sub.add_parser("search", help="catalogue items for a natural-language query (personalised with "
+                                           "--history)")
+    search.add_argument("query", help="the query, e.g. 'red nail polish'")
+    with_config(search)
+    search.add_argument("--history", nargs="+", metavar="ITEM", help="item IDs, oldest first: personalised search")
+    search.add_argument("-k", type=int, default=10, help="number of items (default 10)")
+    search.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
+
+
+def _train_query(args: argparse.Namespace) -> int:
+    from genrec.config import load_config
+    from genrec.query.run import train_query
+
+    _setup_logging(True)
+    summary = train_query(load_config(args.config, args.overrides))
+    print(json.dumps({k: summary[k] for k in ("valid", "test", "history_weight") if k in summary}, indent=2))
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from genrec.config import load_config
+    from genrec.query.searcher import Searcher, check_query
+
+    _setup_logging(True)
+    check_query(args.query)
+    history, late = split_overrides(args.history or [])
+    cfg = load_config(args.config, args.overrides + late)
+    searcher = Searcher.load(cfg.run_dir)
+    rec = None
+    if history:
+        from genrec.serve.recommender import Recommender
+
+        rec = Recommender.load(cfg.run_dir)
+    hits = searcher.search(args.query, args.k, history=history, recommender=rec)
+    if args.json:
+        print(json.dumps([h.__dict__ for h in hits], indent=2))
+    else:
+        print(f"{'rank':<5}{'item':<14}{'score':>9}  title")
+        for h in hits:
+            print(f"{h.rank:<5}{h.item_id:<14}{h.score:>9.3f}  {h.title[:90]}")
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -145,7 +190,12 @@ def _recommend(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "search" and all("=" in t for t in extra):  # overrides typed after an option
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return _main(args)
     except GenrecError as err:
@@ -165,6 +215,10 @@ def _main(args: argparse.Namespace) -> int:
         return _recommend(args)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "train-query":
+        return _train_query(args)
+    if args.command == "search":
+        return _search(args)
     if args.command == "add-items":
         from genrec.add_items import add_items
 

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from genrec.errors import ConfigError
+from genrec.query.config import QueryConfig
 from genrec.rules import validate
 
 __all__ = ["ConfigError", "load_config", "to_dict", "from_dict", "fingerprint", "is_setting"]
@@ -239,6 +240,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    query: QueryConfig = field(default_factory=QueryConfig)
 
 
 def _check_type(where: str, value: Any, annotation: Any) -> Any:

@@ -53,6 +53,11 @@ class RunDir:
         assert name in STAGES, name
         return self.root / name
 
+    @property
+    def query(self) -> Path:
+        """The query model (`genrec train-query`), outside the pipeline's stages."""
+        return self.root / "query"
+
     def work(self, name: str) -> Path:
         """Where a running stage writes: `<stage>.tmp`, or `train.partial`, which survives a kill to be resumed."""
         return self.root / (f"{name}.partial" if name == "train" else f"{name}.tmp")
