@@ -42,3 +42,17 @@ def hybrid_run(tmp_path_factory, tiny_data) -> tuple[Path, list[str]]:
                  "evaluate.methods=[generative,dense,hybrid,hybrid-4]", "evaluate.ks=[5,10,40]"]
     assert main(["run", "-c", str(TINY), *overrides]) == 0
     return run_dir, overrides
+
+
+@pytest.fixture(scope="session")
+def query_run(tmp_path_factory, hybrid_run) -> tuple[Path, list[str]]:
+    """A copy of hybrid_run with its query model trained (`genrec train-query`): (run directory, overrides)."""
+    import shutil
+
+    from genrec.cli import main
+
+    run_dir = tmp_path_factory.mktemp("query") / "run"
+    shutil.copytree(hybrid_run[0], run_dir)
+    overrides = [o for o in hybrid_run[1] if not o.startswith("run_dir=")] + [f"run_dir={run_dir}"]
+    assert main(["train-query", "-c", str(TINY), *overrides]) == 0
+    return run_dir, overrides

@@ -136,7 +136,13 @@ def _serve(args: argparse.Namespace) -> int:
     if not 1 <= args.port <= 65535 or args.max_batch < 1 or args.max_wait_ms < 0:
         raise GenrecError("--port must be 1..65535, --max-batch at least 1 and --max-wait-ms at least 0")
     rec = Recommender.load(args.path)
-    app = create_app(rec, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, batched=not args.no_batching)
+    searcher = None
+    if (RunDir(args.path).query / "config.json").is_file():  # a run directory with a query model: /search too
+        from genrec.query.searcher import Searcher
+
+        searcher = Searcher.load(args.path)
+    app = create_app(rec, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, batched=not args.no_batching,
+                     searcher=searcher)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=30)
     return 0
 

@@ -28,11 +28,11 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(hybrid_run, tmp_path_factory):
+def server(query_run, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "genrec.cli", "serve", str(hybrid_run[0]), "--port", str(port),
+        proc = subprocess.Popen([sys.executable, "-m", "genrec.cli", "serve", str(query_run[0]), "--port", str(port),
                                  "--threads", "1"], stdout=out, stderr=subprocess.STDOUT,
                                 env={**os.environ, "HF_HUB_OFFLINE": "1"})
     url = f"http://127.0.0.1:{port}"
@@ -122,7 +122,25 @@ def test_the_page_searches_builds_a_history_and_recommends(server, browser, tmp_
     k.send_keys("10")
     browser.find_element(By.ID, "recommend").click()
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results tr")) == 10)
+    # each recommended item says what its semantic-ID prefix stands for
+    assert all(r.find_element(By.CSS_SELECTOR, ".about").text for r in browser.find_elements(By.CSS_SELECTOR, "#results tr"))
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+    # a natural-language query through the query box, plain then personalised with the history
+    browser.find_element(By.ID, "query").send_keys("red lipstick")
+    browser.find_element(By.ID, "ask").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "caption"), "search: red lipstick"))
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results tr")) == 10)
+    found = [r.find_element(By.CSS_SELECTOR, ".id").text for r in browser.find_elements(By.CSS_SELECTOR, "#results tr")]
+    req = urllib.request.Request(url + "/search", data=b'{"query": "red lipstick", "k": 10}',
+                                 headers={"Content-Type": "application/json"})
+    assert found == [i["item_id"] for i in json.loads(urllib.request.urlopen(req).read())["items"]]
+    browser.find_element(By.ID, "personalise").click()
+    browser.find_element(By.ID, "ask").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "caption"), "personalised search"))
+    browser.find_element(By.ID, "query").clear()
+    browser.find_element(By.ID, "ask").click()
+    wait.until(lambda d: "query" in d.find_element(By.ID, "error").text)
+    browser.save_screenshot(str(shot.with_name("search.png")))
 
 
 def test_sigterm_shuts_the_service_down_cleanly(server):

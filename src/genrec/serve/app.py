@@ -1,6 +1,7 @@
 """The HTTP service (`genrec serve`): a trained model kept in memory behind a small REST API and a web page.
 
     POST /recommend     {"history": [item IDs] | "user": ID, "k": 10, "method": null, "exclude_history": true}
+    POST /search        {"query": "red nail polish", "k": 10, "history": [item IDs] (optional: personalised)}
     GET  /items/{id}    an item's title (and whether it is new)
     GET  /items?q=...   title search, for building a history
     GET  /users/random  a random user of the run and their history (run directories only)
@@ -15,6 +16,7 @@ a file. FastAPI and uvicorn come with the optional extra `genrec[serve]`.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -26,6 +28,8 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from genrec.errors import GenrecError
+from genrec.query.personal import combine, history_scores
+from genrec.query.searcher import Searcher
 from genrec.serve.batcher import Batcher
 from genrec.serve.recommender import Recommender
 
@@ -53,6 +57,14 @@ class RecommendRequest(BaseModel):
         if history is not None and any(len(i) > MAX_ID_CHARS for i in history):
             raise ValueError(f"an item ID is longer than {MAX_ID_CHARS} characters")
         return history
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(..., min_length=1, max_length=500, description="words describing the items wanted")
+    k: int = Field(10, ge=1, le=MAX_K, description="how many items")
+    history: list[str] | None = Field(None, description="item IDs, oldest first: personalise with the recommender")
 
 
 class Guard:
@@ -86,8 +98,8 @@ class Guard:
 
 
 def create_app(rec: Recommender, *, max_batch: int = 64, max_wait_ms: float = 5.0, batched: bool = True,
-               max_history: int = 200, max_body_bytes: int = 65536) -> FastAPI:
-    """The service around a loaded Recommender."""
+               max_history: int = 200, max_body_bytes: int = 65536, searcher: Searcher | None = None) -> FastAPI:
+    """The service around a loaded Recommender (and, for /search, the run's query model)."""
     titles_lower = [t.lower() for t in rec.titles]
 
     def run(key: tuple[str | None, int, bool, int | None], payloads: list[tuple[list[int], int]]) -> list[Any]:
@@ -113,11 +125,49 @@ def create_app(rec: Recommender, *, max_batch: int = 64, max_wait_ms: float = 5.
 
     app.add_middleware(Guard, batcher=batcher, max_body_bytes=max_body_bytes)
 
+    search_lock = asyncio.Lock()  # one query-model call at a time
+
     def item(row: int, score: float | None = None, rank: int | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {"item_id": rec.item_ids[row], "title": rec.titles[row], "new": rec.is_new(row)}
         if score is not None:
             out.update(rank=rank, score=score)
+        if searcher is not None:
+            out["about"] = searcher.describe(rec.item_ids[row])  # what its semantic-ID prefix stands for
         return out
+
+    @app.post("/search")
+    async def search(req: SearchRequest, request: Request) -> dict[str, Any]:
+        """Catalogue items for a natural-language query; with a history, re-ranked with the recommender."""
+        if searcher is None:
+            raise HTTPException(404, "this service has no query model; run 'genrec train-query' on the run and "
+                                     "serve the run directory")
+        if not req.query.strip():
+            raise HTTPException(422, "the query is empty; give some words, e.g. 'red nail polish'")
+        if req.history is not None and len(req.history) > max_history:
+            raise HTTPException(422, f"history has {len(req.history)} items; at most {max_history} are accepted")
+        try:
+            row = rec.history_row(req.history) if req.history else None
+        except GenrecError as err:
+            raise HTTPException(422, str(err)) from None
+        n = max(req.k, searcher.cfg.candidates) if row else req.k
+        if n > len(rec.item_ids):
+            raise HTTPException(422, f"k={req.k} is beyond the catalogue's {len(rec.item_ids)} items")
+        async with search_lock:
+            rows, scores = await asyncio.to_thread(searcher.answer, [req.query.strip()], n, n if row else None)
+        rows, scores = rows[0], scores[0]
+        if row:  # personalised: the recommender's scores of the candidates, through the batcher
+            if request.scope.get("state", {}).get("arriving"):
+                request.scope["state"]["arriving"] = False
+                batcher.on_the_way -= 1
+            recs = await batcher.submit((None, n, False, n), (row, 0))
+            hist = history_scores([rows], [[rec.index[r.item_id] for r in recs]], [[r.score for r in recs]])[0]
+            w = searcher.history_weight
+            total = {r: s + w * h for r, s, h in zip(rows, scores, hist)}
+            rows = combine([rows], [scores], [hist], w, req.k)[0]
+            scores = [total[r] for r in rows]
+        items = [item(rec.index[searcher.catalog.item_ids[r]], s, i)
+                 for i, (r, s) in enumerate(zip(rows, scores), start=1) if r >= 0]
+        return {"query": req.query, "k": req.k, "personalised": bool(row), "items": items}
 
     @app.post("/recommend")
     async def recommend(req: RecommendRequest, request: Request) -> dict[str, Any]:
@@ -177,6 +227,7 @@ def create_app(rec: Recommender, *, max_batch: int = 64, max_wait_ms: float = 5.
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": type(rec.model).__name__, "source": rec.source,
                 "items": len(rec.item_ids), "methods": list(rec.methods), "version": VERSION,
+                "search": searcher is not None,
                 "batching": {"enabled": batched, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
                              "model_calls": batcher.calls, "requests": sum(batcher.batch_sizes)}}
 
