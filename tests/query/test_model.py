@@ -47,7 +47,8 @@ def brute_force(m: QueryModel, enc: Encoded, sids: np.ndarray) -> torch.Tensor:
         h = m.hidden(kv, mask, torch.tensor(sid[:-1]).expand(B, 1, -1))[:, 0]  # [B, C, D]
         for d in range(len(sid)):
             child, valid = trie.children(d, path[d].expand(B))
-            logits = m.child_logits(h[:, d], d, child, trie.node_code[d][child]).masked_fill(~valid, float("-inf"))
+            logits = m.child_logits(h[:, d], d, child, trie.node_code[d][child], enc.states[:, 0])
+            logits = logits.masked_fill(~valid, float("-inf"))
             pos = int(path[d + 1] - trie.child_start[d][path[d]])
             out[:, n] += torch.log_softmax(logits, -1)[:, pos]
     return out

@@ -47,6 +47,8 @@ class QueryModel(nn.Module):
         self.heads = nn.ModuleList(nn.Linear(D, k) for k in level_sizes)
         self.to_text = nn.ModuleList(nn.Linear(D, encoder_dim, bias=False) for _ in level_sizes)
         self.text_scale = nn.Parameter(torch.full((len(level_sizes),), math.log(20.0)))
+        if cfg.pooled_match:
+            self.pooled_scale = nn.Parameter(torch.full((len(level_sizes),), math.log(20.0)))
         self.trie: Trie | None = None
         self.node_text: list[Tensor] = []  # per depth d+1: [N_{d+1}, E] normalised mean text of each node
 
@@ -60,18 +62,23 @@ class QueryModel(nn.Module):
             self.node_text.append(F.normalize(cs[first[1:]] - cs[first[:-1]], dim=-1))
         return self
 
-    def child_logits(self, h: Tensor, depth: int, child: Tensor, code: Tensor) -> Tensor:
+    def child_logits(self, h: Tensor, depth: int, child: Tensor, code: Tensor, pooled: Tensor) -> Tensor:
         """Logits [..., M] of children (depth-(depth+1) node ids `child` [..., M], their codes `code`) after
-        decoder states h [..., D]."""
+        decoder states h [..., D], for queries whose pooled sentence vectors are `pooled` [..., E]."""
         learned = self.heads[depth](h).float().gather(-1, code)
         q = F.normalize(self.to_text[depth](h).float(), dim=-1)  # [..., E]
+        out = learned + self.text_scale[depth].exp() * self._node_cos(q, depth, child)
+        if self.cfg.pooled_match:
+            out = out + self.pooled_scale[depth].exp() * self._node_cos(pooled.float(), depth, child)
+        return out
+
+    def _node_cos(self, q: Tensor, depth: int, child: Tensor) -> Tensor:
+        """q [..., E] (unit) against the text of nodes `child` [..., M] -> [..., M]."""
         nodes = self.node_text[depth]
         if child.numel() * nodes.shape[1] > 4 * nodes.numel():  # cheaper to score every node and pick
             flat = q.reshape(-1, q.shape[-1]) @ nodes.T  # [rows, N_{d+1}]
-            sim = flat.gather(1, child.reshape(flat.shape[0], -1)).view_as(child)
-        else:
-            sim = (nodes[child] * q.unsqueeze(-2)).sum(-1)
-        return learned + self.text_scale[depth].exp() * sim
+            return flat.gather(1, child.reshape(flat.shape[0], -1)).view_as(child)
+        return (nodes[child] * q.unsqueeze(-2)).sum(-1)
 
     @property
     def num_levels(self) -> int:
@@ -106,7 +113,8 @@ class QueryModel(nn.Module):
         loss = h.new_zeros(())
         for d in range(trie.depth):
             child, valid = trie.children(d, path[:, d])  # [B, M]
-            logits = self.child_logits(h[:, d], d, child, trie.node_code[d][child]).masked_fill(~valid, -1e9)
+            logits = self.child_logits(h[:, d], d, child, trie.node_code[d][child], enc.states[:, 0])
+            logits = logits.masked_fill(~valid, -1e9)
             loss = loss + F.cross_entropy(logits, path[:, d + 1] - trie.child_start[d][path[:, d]])
         return loss
 
@@ -123,6 +131,7 @@ class QueryModel(nn.Module):
 class _State:
     kv: list[tuple[Tensor, Tensor]]
     mask: Tensor
+    pooled: Tensor  # [B, E] each query's pooled sentence vector
 
 
 class QuerySearch:
@@ -135,13 +144,14 @@ class QuerySearch:
         self.model, self.enc = model, enc
 
     def start(self, batch: Batch) -> _State:
-        return _State(*self.model.memory(self.enc))
+        return _State(*self.model.memory(self.enc), self.enc.states[:, 0])
 
     def child_log_probs(self, state: _State, depth: int, nodes: Tensor, prefix: Tensor, code: Tensor, valid: Tensor,
                         live: Tensor) -> tuple[Tensor, Any]:
         h = self.model.hidden(state.kv, state.mask, prefix)[:, :, -1]  # [B, W, D]
         child, _ = self.model.trie.children(depth, nodes)  # [B, W, M]
-        logits = self.model.child_logits(h, depth, child, code)
+        pooled = state.pooled[:, None].expand(-1, h.shape[1], -1)  # [B, W, E]
+        logits = self.model.child_logits(h, depth, child, code, pooled)
         return torch.log_softmax(logits.masked_fill(~valid, float("-inf")), -1).masked_fill(~valid, float("-inf")), \
             state
 
@@ -149,7 +159,7 @@ class QuerySearch:
         return state  # the memory is per query, not per beam
 
     def keep_users(self, state: _State, keep: Tensor) -> _State:
-        return _State([(k[keep], v[keep]) for k, v in state.kv], state.mask[keep])
+        return _State([(k[keep], v[keep]) for k, v in state.kv], state.mask[keep], state.pooled[keep])
 
     def target_log_probs(self, state: _State, targets: Tensor) -> Tensor:
         raise NotImplementedError("query search ranks by beam search only")
