@@ -9,7 +9,9 @@ Rows: random IDs (a floor), RQ-KMeans on text, RQ-KMeans on the collaborative em
 text, RQ-VAE on text with the collaborative term. The first row runs prepare, embed and collab in
 runs/bench-sid-base; every row copies those stages (their stamps match, so they are not rerun) and runs
 quantize, train and evaluate in runs/bench-sid-<row>. `--only` runs some rows (e.g. two halves side by side,
-one core each with --threads 1, once runs/bench-sid-base exists) and `--merge` joins their files. JSON: "rows", each with "name", "quantizer",
+one core each with --threads 1, once runs/bench-sid-base exists) and `--merge` joins their files. `--reuse
+rqkmeans-collab=runs/bench-beauty --only` takes a row from a finished run of exactly that row's recipe (checked:
+every setting but the run directory and the thread count) instead of training it again. JSON: "rows", each with "name", "quantizer",
 "inputs", the codebook health ("usage", "perplexity" per level, "collision_rate", "largest_group"),
 "valid/recall@10", "valid/ndcg@10" and the test metrics "test/recall@5" ... "test/ndcg@10" (history removed; the
 same under "with_history/..." with history kept), and the wall time per stage.
@@ -29,7 +31,7 @@ from pathlib import Path
 import torch
 from meta import machine, versions
 
-from genrec.config import load_config
+from genrec.config import load_config, to_dict
 from genrec.distributed import DistInfo
 from genrec.pipeline import run
 from genrec.rundir import STAGES, RunDir
@@ -66,6 +68,32 @@ def run_row(config: str, name: str, extra: list[str]) -> dict:
         last[0] = now
 
     run(cfg, DistInfo(), stages=STAGES, on_stage=on_stage)
+    return row_from_run(name, run_dir, wall)
+
+
+def same_recipe(a, b) -> bool:
+    """Whether two configs train the same model (run directory and thread count aside)."""
+    keep = lambda c: {k: v for k, v in to_dict(c).items() if k != "run_dir"}  # noqa: E731
+    x, y = keep(a), keep(b)
+    for d in (x, y):
+        d["train"].pop("num_threads")
+    return x == y
+
+
+def reuse_row(config: str, spec: str, extra: list[str]) -> dict:
+    """NAME=RUN_DIR: the row of an earlier run of exactly that row's recipe (checked), e.g. the default recipe's
+    own benchmark run, instead of training it again."""
+    name, run_dir = spec.split("=", 1)
+    if name not in ROWS:
+        raise SystemExit(f"--reuse {spec}: {name} is not a row ({', '.join(ROWS)})")
+    want = load_config(config, [f"run_dir={run_dir}", *ROWS[name][2], *extra])
+    if not same_recipe(load_config(Path(run_dir) / "config.yaml"), want):
+        raise SystemExit(f"--reuse {spec}: {run_dir} was trained with another recipe than the row {name}")
+    return row_from_run(name, Path(run_dir), {})
+
+
+def row_from_run(name: str, run_dir: Path, wall: dict) -> dict:
+    quantizer, inputs, overrides = ROWS[name]
     rd = RunDir(run_dir)
     results = json.loads(rd.results.read_text())
     health = json.loads((rd.stage("quantize") / "summary.json").read_text())
@@ -89,6 +117,8 @@ def main() -> None:
     p.add_argument("--only", nargs="*", default=None, choices=list(ROWS), help="rows to run (default: all)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON", help="join the rows of earlier files")
+    p.add_argument("--reuse", nargs="*", default=[], metavar="NAME=RUN_DIR",
+                   help="take a row from a finished run of exactly its recipe (checked) instead of training it")
     p.add_argument("--out", default="bench/results/semantic_ids.json")
     args = p.parse_args()
     command = " ".join([os.path.basename(sys.executable), *sys.argv])
@@ -103,7 +133,10 @@ def main() -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                             datefmt="%H:%M:%S")
         code_versions = versions()
-        rows = [run_row(args.config, name, args.overrides) for name in (args.only or list(ROWS))]
+        rows = [reuse_row(args.config, spec, args.overrides) for spec in args.reuse]
+        if args.only is None or args.only:
+            rows += [run_row(args.config, name, args.overrides) for name in (args.only or list(ROWS))
+                     if name not in {r["name"] for r in rows}]
         out = {"command": command, "machine": machine(), "versions": code_versions, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))

@@ -23,7 +23,7 @@ def model():
                             if (a + b + c) % 3}))
     sids = np.concatenate([sids, np.zeros((len(sids), 1), dtype=np.int64)], 1)
     sizes = [4, 3, 2, 1]
-    m = QueryModel(cfg=QueryConfig(d_model=16, num_heads=2, d_ff=32, num_layers=2, dropout=0.0), encoder_dim=8,
+    m = QueryModel(cfg=QueryConfig(d_model=16, num_heads=2, d_ff=32, num_layers=2, dropout=0.0, pooled_match=True), encoder_dim=8,
                    level_sizes=sizes)
     text = torch.randn(len(sids), 8)
     return m.attach(build_trie(sids), text).eval(), sids
