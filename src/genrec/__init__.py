@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["Recommender", "Recommendation", "__version__"]
+__all__ = ["Recommender", "Recommendation", "Searcher", "__version__"]
 
 
 def __getattr__(name: str) -> Any:  # imported on first use, so `import genrec` stays light
@@ -18,4 +18,8 @@ def __getattr__(name: str) -> Any:  # imported on first use, so `import genrec` 
         from genrec.serve import recommender
 
         return getattr(recommender, name)
+    if name == "Searcher":
+        from genrec.query.searcher import Searcher
+
+        return Searcher
     raise AttributeError(f"module 'genrec' has no attribute {name!r}")

@@ -108,14 +108,18 @@ def _search(args: argparse.Namespace) -> int:
         from genrec.serve.recommender import Recommender
 
         rec = Recommender.load(cfg.run_dir)
-    hits = searcher.search(args.query, args.k, history=history, recommender=rec)
-    if args.json:
-        print(json.dumps([h.__dict__ for h in hits], indent=2))
-    else:
-        print(f"{'rank':<5}{'item':<14}{'score':>9}  title")
-        for h in hits:
-            print(f"{h.rank:<5}{h.item_id:<14}{h.score:>9.3f}  {h.title[:90]}")
+    _print_items(searcher.search(args.query, args.k, history=history, recommender=rec), args.json)
     return 0
+
+
+def _print_items(items: list, as_json: bool) -> None:
+    """Ranked items (Recommendation or SearchHit) as a table or JSON."""
+    if as_json:
+        print(json.dumps([i.__dict__ for i in items], indent=2))
+        return
+    print(f"{'rank':<5}{'item':<14}{'score':>9}  title")
+    for i in items:
+        print(f"{i.rank:<5}{i.item_id:<14}{i.score:>9.3f}  {i.title[:90]}")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -186,12 +190,7 @@ def _recommend(args: argparse.Namespace) -> int:
         print(f"genrec: {len(recs)} of the {args.k} items asked for came back: the catalogue has "
               f"{len(rec.item_ids)} items{' and history items are removed (--include-history keeps them)' if exclude else ''}",
               file=sys.stderr)
-    if args.json:
-        print(json.dumps([r.__dict__ for r in recs], indent=2))
-    else:
-        print(f"{'rank':<5}{'item':<14}{'score':>9}  title")
-        for r in recs:
-            print(f"{r.rank:<5}{r.item_id:<14}{r.score:>9.3f}  {r.title[:90]}")
+    _print_items(recs, args.json)
     return 0
 
 

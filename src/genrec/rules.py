@@ -27,6 +27,7 @@ def validate(cfg: Config) -> None:
         "train.dtype": (t.dtype, ("float32", "bfloat16")),
         "train.target_weights": (t.target_weights, ("batch", "equal")),
         "evaluate.dtype": (e.dtype, ("auto", "float32", "bfloat16")),
+        "query.pooled_match": (cfg.query.pooled_match, ("none", "mean", "max")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:

@@ -23,7 +23,7 @@ def model():
                             if (a + b + c) % 3}))
     sids = np.concatenate([sids, np.zeros((len(sids), 1), dtype=np.int64)], 1)
     sizes = [4, 3, 2, 1]
-    m = QueryModel(cfg=QueryConfig(d_model=16, num_heads=2, d_ff=32, num_layers=2, dropout=0.0, pooled_match=True), encoder_dim=8,
+    m = QueryModel(cfg=QueryConfig(d_model=16, num_heads=2, d_ff=32, num_layers=2, dropout=0.0, pooled_match="max"), encoder_dim=8,
                    level_sizes=sizes)
     text = torch.randn(len(sids), 8)
     return m.attach(build_trie(sids), text).eval(), sids
@@ -47,7 +47,7 @@ def brute_force(m: QueryModel, enc: Encoded, sids: np.ndarray) -> torch.Tensor:
         h = m.hidden(kv, mask, torch.tensor(sid[:-1]).expand(B, 1, -1))[:, 0]  # [B, C, D]
         for d in range(len(sid)):
             child, valid = trie.children(d, path[d].expand(B))
-            logits = m.child_logits(h[:, d], d, child, trie.node_code[d][child], enc.states[:, 0])
+            logits = m.child_logits(h[:, d], d, child, trie.node_code[d][child], m.node_match(enc.states[:, 0]))
             logits = logits.masked_fill(~valid, float("-inf"))
             pos = int(path[d + 1] - trie.child_start[d][path[d]])
             out[:, n] += torch.log_softmax(logits, -1)[:, pos]
@@ -82,3 +82,16 @@ def test_training_loss_is_minus_log_p_of_the_target(model):
     for b in range(3):
         loss = m(enc.rows([b]), targets[[b]])
         assert loss.item() == pytest.approx(-ref[b, targets[b]].item(), abs=1e-5)
+
+
+def test_node_match_is_the_best_item_cosine_under_each_node(model):
+    m, sids = model
+    pooled = torch.randn(2, 8)
+    match = m.node_match(pooled)
+    cos = torch.nn.functional.normalize(pooled, dim=-1) @ torch.nn.functional.normalize(m.leaf_text, dim=-1).T
+    items = m.trie.leaf_item.tolist()  # leaf -> item
+    for d in range(m.trie.depth):
+        prefixes = sorted({tuple(sids[i, : d + 1]) for i in range(len(sids))})  # depth-(d+1) nodes in trie order
+        for n, prefix in enumerate(prefixes):
+            under = [leaf for leaf, i in enumerate(items) if tuple(sids[i, : d + 1]) == prefix]
+            assert torch.allclose(match[d][:, n], cos[:, under].max(1).values, atol=1e-6)

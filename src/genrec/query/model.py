@@ -47,29 +47,46 @@ class QueryModel(nn.Module):
         self.heads = nn.ModuleList(nn.Linear(D, k) for k in level_sizes)
         self.to_text = nn.ModuleList(nn.Linear(D, encoder_dim, bias=False) for _ in level_sizes)
         self.text_scale = nn.Parameter(torch.full((len(level_sizes),), math.log(20.0)))
-        if cfg.pooled_match:
+        if cfg.pooled_match != "none":
             self.pooled_scale = nn.Parameter(torch.full((len(level_sizes),), math.log(20.0)))
         self.trie: Trie | None = None
         self.node_text: list[Tensor] = []  # per depth d+1: [N_{d+1}, E] normalised mean text of each node
+        self.leaf_text: Tensor | None = None  # [N, E] normalised item text in leaf order
+        self.leaf_node: list[Tensor] = []  # per depth d+1: [N] the depth-(d+1) node above each leaf
 
     def attach(self, trie: Trie, text: Tensor) -> QueryModel:
         """The catalogue to generate: its trie and item text embeddings [N, E] (the embed stage's)."""
         self.trie, self.node_text = trie, []
         leaf_text = F.normalize(text.float(), dim=-1)[trie.leaf_item]  # [N, E] in leaf order
         cs = torch.cat([torch.zeros(1, leaf_text.shape[1]), leaf_text.cumsum(0)])
+        self.leaf_text, self.leaf_node = leaf_text, []
         for d in range(1, trie.depth + 1):
             first = trie.first_leaf(d)
             self.node_text.append(F.normalize(cs[first[1:]] - cs[first[:-1]], dim=-1))
+            self.leaf_node.append(torch.repeat_interleave(torch.arange(len(first) - 1), first[1:] - first[:-1]))
         return self
 
-    def child_logits(self, h: Tensor, depth: int, child: Tensor, code: Tensor, pooled: Tensor) -> Tensor:
-        """Logits [..., M] of children (depth-(depth+1) node ids `child` [..., M], their codes `code`) after
-        decoder states h [..., D], for queries whose pooled sentence vectors are `pooled` [..., E]."""
+    def node_match(self, pooled: Tensor) -> list[Tensor] | None:
+        """Per depth d+1, each query's pooled-vector score of every node [B, N_{d+1}] (`query.pooled_match`);
+        None without it. pooled [B, E]."""
+        mode = self.cfg.pooled_match
+        if mode == "none":
+            return None
+        p = F.normalize(pooled.float(), dim=-1)
+        if mode == "mean":
+            return [p @ t.T for t in self.node_text]
+        cos = p @ self.leaf_text.T  # [B, N] every item, in leaf order
+        return [cos.new_full((p.shape[0], len(t)), float("-inf")).scatter_reduce(
+            1, idx.expand(p.shape[0], -1), cos, "amax") for idx, t in zip(self.leaf_node, self.node_text)]
+
+    def child_logits(self, h: Tensor, depth: int, child: Tensor, code: Tensor, match: list[Tensor] | None) -> Tensor:
+        """Logits [B, (W,) M] of children (depth-(depth+1) node ids `child` [B, (W,) M], their codes `code`) after
+        decoder states h [B, (W,) D]; `match` is `node_match` of the B queries."""
         learned = self.heads[depth](h).float().gather(-1, code)
         q = F.normalize(self.to_text[depth](h).float(), dim=-1)  # [..., E]
         out = learned + self.text_scale[depth].exp() * self._node_cos(q, depth, child)
-        if self.cfg.pooled_match:
-            out = out + self.pooled_scale[depth].exp() * self._node_cos(pooled.float(), depth, child)
+        if match is not None:
+            out = out + self.pooled_scale[depth].exp() * match[depth].gather(1, child.flatten(1)).view_as(child)
         return out
 
     def _node_cos(self, q: Tensor, depth: int, child: Tensor) -> Tensor:
@@ -110,10 +127,11 @@ class QueryModel(nn.Module):
         sids = torch.stack([trie.node_code[d][path[:, d + 1]] for d in range(trie.depth)], dim=1)  # [B, C]
         kv, mask = self.memory(enc)
         h = self.hidden(kv, mask, sids[:, None, :-1])[:, 0]  # [B, C, D]
+        match = self.node_match(enc.states[:, 0])
         loss = h.new_zeros(())
         for d in range(trie.depth):
             child, valid = trie.children(d, path[:, d])  # [B, M]
-            logits = self.child_logits(h[:, d], d, child, trie.node_code[d][child], enc.states[:, 0])
+            logits = self.child_logits(h[:, d], d, child, trie.node_code[d][child], match)
             logits = logits.masked_fill(~valid, -1e9)
             loss = loss + F.cross_entropy(logits, path[:, d + 1] - trie.child_start[d][path[:, d]])
         return loss
@@ -131,7 +149,7 @@ class QueryModel(nn.Module):
 class _State:
     kv: list[tuple[Tensor, Tensor]]
     mask: Tensor
-    pooled: Tensor  # [B, E] each query's pooled sentence vector
+    match: list[Tensor] | None  # `QueryModel.node_match` of the queries
 
 
 class QuerySearch:
@@ -144,14 +162,13 @@ class QuerySearch:
         self.model, self.enc = model, enc
 
     def start(self, batch: Batch) -> _State:
-        return _State(*self.model.memory(self.enc), self.enc.states[:, 0])
+        return _State(*self.model.memory(self.enc), self.model.node_match(self.enc.states[:, 0]))
 
     def child_log_probs(self, state: _State, depth: int, nodes: Tensor, prefix: Tensor, code: Tensor, valid: Tensor,
                         live: Tensor) -> tuple[Tensor, Any]:
         h = self.model.hidden(state.kv, state.mask, prefix)[:, :, -1]  # [B, W, D]
         child, _ = self.model.trie.children(depth, nodes)  # [B, W, M]
-        pooled = state.pooled[:, None].expand(-1, h.shape[1], -1)  # [B, W, E]
-        logits = self.model.child_logits(h, depth, child, code, pooled)
+        logits = self.model.child_logits(h, depth, child, code, state.match)
         return torch.log_softmax(logits.masked_fill(~valid, float("-inf")), -1).masked_fill(~valid, float("-inf")), \
             state
 
@@ -159,7 +176,8 @@ class QuerySearch:
         return state  # the memory is per query, not per beam
 
     def keep_users(self, state: _State, keep: Tensor) -> _State:
-        return _State([(k[keep], v[keep]) for k, v in state.kv], state.mask[keep], state.pooled[keep])
+        match = None if state.match is None else [m[keep] for m in state.match]
+        return _State([(k[keep], v[keep]) for k, v in state.kv], state.mask[keep], match)
 
     def target_log_probs(self, state: _State, targets: Tensor) -> Tensor:
         raise NotImplementedError("query search ranks by beam search only")
