@@ -89,6 +89,8 @@ def main() -> None:
     data = make_queries(catalog.items, seed=q.seed, held_out=q.held_out, windows=q.train_windows)
     queries, targets = [e.query for e in data.test], [e.item for e in data.test]
     metrics: dict[str, float] = {}
+    valid_dense = query_metrics(dense_rank(searcher, text, [e.query for e in data.valid], 10),
+                                [e.item for e in data.valid], catalog.items)  # what the model is chosen against
 
     def record(name: str, ranked: list[list[int]], seconds: float, tgt: list[int]) -> None:
         for key, value in query_metrics(ranked, tgt, catalog.items).items():
@@ -130,7 +132,7 @@ def main() -> None:
            "query": {k: v for k, v in vars(q).items()}, "test_queries": len(queries), "test_users": len(users.users),
            "train_queries": summary["train_queries"], "best_epoch": summary["best_epoch"],
            "history_weight": weight, "train_seconds": round(train_s, 1) if train_s else summary.get("seconds"),
-           "valid": summary["valid"], "metrics": metrics}
+           "valid": summary["valid"], "valid_dense": valid_dense, "metrics": metrics}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
     print(f"wrote {args.out}")
