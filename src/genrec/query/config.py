@@ -14,7 +14,7 @@ class QueryConfig:
     lm: str = ""  # "": the default query model (frozen sentence-encoder token states + a small decoder);
     #               else a Hugging Face causal LM name or directory, fine-tuned with semantic-ID tokens added
     lora_rank: int = 0  # lm only: > 0 fine-tunes LoRA adapters of this rank (needs peft) instead of all weights
-    pooled_match: str = "none"  # default model: also score each child by the query's pooled vector: "mean" (cosine
+    pooled_match: str = "max"  # default model: also score each child by the query's pooled vector: "mean" (cosine
     #                             with its items' mean text), "max" (best cosine with any of its items), "none"
     d_model: int = 256  # default model: decoder width
     num_layers: int = 2  # default model: decoder layers
