@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from genrec.data.batches import TrainExamples, TrainWindows
+from genrec.data.batches import Batch, TrainExamples, TrainWindows
 from genrec.ids.catalog import Catalog
 from genrec.ids.trie import build_trie
 from genrec.models.tiger import Tiger
@@ -186,3 +186,36 @@ def test_ranking_methods_generative_and_exact(trie_softmax):
             ranks = generative.target_ranks(batch, beam_size, exclude)
             hit = items == targets[:, None]
             assert torch.equal(ranks, torch.where(hit.any(1), hit.float().argmax(1), MISS))
+
+
+def test_new_items_are_no_negatives_in_training():
+    """Items no training sequence holds did not exist for training: with them marked new, the loss (trie softmax,
+    label smoothing, distillation) equals the loss of the same weights over a catalogue without them, with the
+    teacher's mass on them dropped; unmarked, they are negatives and the loss differs."""
+    codes = collision_catalog(60, [3, 4, 3], seed=41)
+    sizes = [3, 4, 3, int(codes[:, -1].max()) + 1]
+    new = torch.from_numpy(codes[:, 1] == 2)  # every level-1 child with code 2 holds only new items
+    new[torch.tensor([5, 17, 30])] = True  # and a few leaves beside training items
+    old = (~new).nonzero()[:, 0]
+    full = tiny_model(codes, sizes, "sum", causal_encoder=True, trie_softmax=True)
+    full.cfg = dataclasses.replace(full.cfg, repeat_bias=False)
+    full.repeat = None
+    sub = tiny_model(codes[old.numpy()], sizes, "sum", causal_encoder=True, trie_softmax=True)
+    sub.cfg, sub.repeat = full.cfg, None
+    sub.load_state_dict({k: v for k, v in full.state_dict().items() if k != "item_codes"}, strict=False)
+    remap = torch.full((60,), -1)
+    remap[old] = torch.arange(len(old))
+    g = torch.Generator().manual_seed(42)
+    history = old[torch.randint(0, len(old), (6, 5), generator=g)]
+    history[0, :2] = -1
+    targets = old[torch.randint(0, len(old), (6,), generator=g)]
+    teacher = torch.softmax(torch.randn(6, 60, generator=g) * 2, dim=1)
+    batch = Batch(torch.zeros(6, dtype=torch.long), history, targets)
+    sub_batch = Batch(batch.users, torch.where(history >= 0, remap[history.clamp(min=0)], -1), remap[targets])
+    sub_teacher = teacher[:, old] / teacher[:, old].sum(1, keepdim=True)
+    unmarked = full(batch, teacher=teacher, distill=0.5, label_smoothing=0.1).loss
+    full.new_items.copy_(new)
+    marked = full(batch, teacher=teacher, distill=0.5, label_smoothing=0.1).loss
+    reference = sub(sub_batch, teacher=sub_teacher, distill=0.5, label_smoothing=0.1).loss
+    torch.testing.assert_close(marked, reference, atol=1e-5, rtol=1e-5)
+    assert not torch.isclose(unmarked, reference, atol=1e-3)

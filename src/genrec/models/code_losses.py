@@ -1,5 +1,10 @@
 """The generative head's per-level losses: cross-entropy over the codes a trie node allows, and the teacher's
-next-item distribution summed to each level's codes (distillation)."""
+next-item distribution summed to each level's codes (distillation).
+
+Items no training sequence holds (new items: held out, or never interacted with) did not exist for training, so
+neither loss may treat them as negatives: the softmax over a node's children leaves out the children with only
+new items under them (`trained_child_mask`), and the teacher's mass on new items is dropped before it is summed
+to codes. Otherwise training would teach the model to bury exactly the items a new-item protocol measures."""
 
 from __future__ import annotations
 
@@ -22,6 +27,32 @@ def masked_cross_entropy(z: Tensor, target: Tensor, mask: Tensor, label_smoothin
         smooth = -torch.where(mask, logp, 0.0).sum(1) / mask.sum(1)
         nll = (1 - label_smoothing) * nll + label_smoothing * smooth
     return nll.mean()
+
+
+def trained_child_mask(model: Tiger, level: int, nodes: Tensor) -> Tensor:
+    """nodes [n] at depth `level` -> [n, K_level] bool: the codes leading to a child with at least one training
+    item (not `model.new_items`) under it. Every training target's own path passes this mask."""
+    trie = model.trie
+    trained = model.__dict__.get("_trained_nodes")  # per depth 1..C: which nodes hold a training item
+    if trained is None or trained[0].device != nodes.device or trained[-1].numel() != trie.num_items:
+        old = F.pad((~model.new_items)[trie.leaf_item].long().cumsum(0), (1, 0))  # [N + 1] in leaf order
+        trained = []
+        for depth in range(1, model.num_levels + 1):
+            first = trie.first_leaf(depth)
+            trained.append(old[first[1:]] > old[first[:-1]])
+        model.__dict__["_trained_nodes"] = trained
+    child, valid = trie.children(level, nodes)  # [n, M]
+    valid = valid & trained[level][child]
+    K = model.level_sizes[level]
+    mask = torch.zeros(nodes.shape[0], K + 1, dtype=torch.bool, device=nodes.device)
+    mask.scatter_(1, torch.where(valid, trie.node_code[level][child], K), True)
+    return mask[:, :K]
+
+
+def without_new_items(model: Tiger, item_probs: Tensor) -> Tensor:
+    """A teacher's next-item distribution [n, N] with no mass on new items, renormalised."""
+    p = item_probs.masked_fill(model.new_items, 0.0)
+    return p / p.sum(1, keepdim=True).clamp(min=1e-30)
 
 
 def code_distributions(model: Tiger, item_probs: Tensor, targets: Tensor) -> list[Tensor]:

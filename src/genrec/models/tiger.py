@@ -22,7 +22,12 @@ from genrec.data.batches import Batch
 from genrec.ids.catalog import Catalog
 from genrec.errors import GenrecError
 from genrec.ids.trie import Trie, build_trie
-from genrec.models.code_losses import code_distributions, masked_cross_entropy
+from genrec.models.code_losses import (
+    code_distributions,
+    masked_cross_entropy,
+    trained_child_mask,
+    without_new_items,
+)
 from genrec.models.dense import DenseHead, ItemText, dense_method, hybrid_method
 from genrec.models.layers import DecoderLayer, EncoderLayer, Memory
 from genrec.models.pretrained import Pretrained
@@ -56,6 +61,8 @@ class Tiger(nn.Module, Pretrained):
         self.register_buffer("item_codes", item_codes.long(), persistent=True)  # [N, C]
         offsets = torch.tensor([0] + level_sizes[:-1]).cumsum(0)
         self.register_buffer("offsets", offsets, persistent=False)  # [C] first token id of each level
+        # [N] items no training sequence holds: never negatives in training (code_losses); set by from_catalog
+        self.register_buffer("new_items", torch.zeros(item_codes.shape[0], dtype=torch.bool), persistent=False)
         V, D = sum(level_sizes), cfg.d_model
         self.code_emb = nn.Embedding(V + 1, D)  # last row: BOS for the decoder
         self.user_emb = nn.Embedding(cfg.num_user_buckets + 1, D) if cfg.num_user_buckets else None
@@ -109,8 +116,10 @@ class Tiger(nn.Module, Pretrained):
             text = torch.from_numpy(catalog.text)
         model = cls(cfg=cfg, item_codes=torch.from_numpy(catalog.require_sids()), level_sizes=catalog.level_sizes,
                     max_history=max_history, item_text=text)
-        if model.dense is not None and catalog.new_items is not None:
-            model.dense.new_items.copy_(torch.from_numpy(catalog.new_items))
+        if catalog.new_items is not None:
+            model.new_items.copy_(torch.from_numpy(catalog.new_items))
+            if model.dense is not None:
+                model.dense.new_items.copy_(model.new_items)
         return model
 
     @classmethod
@@ -313,6 +322,9 @@ class Tiger(nn.Module, Pretrained):
         hidden = hidden[live]  # [n, C, D] only real targets
         codes = codes[live]  # [n, C]
         paths = self.trie.paths(targets[live]) if self.cfg.trie_softmax else None  # [n, C] prefix nodes
+        new = bool(self.new_items.any())
+        if teacher is not None and new:
+            teacher = without_new_items(self, teacher)
         soft = self.code_distributions(teacher, targets[live]) if teacher is not None and distill > 0 else None
         per_position = batch.targets.ndim == 2
         repeat = None if paths is None else self.repeat_nodes(
@@ -328,7 +340,12 @@ class Tiger(nn.Module, Pretrained):
                 z = z.float() + torch.zeros(z.shape[0], K + 1, device=z.device).scatter(
                     1, torch.where(ok, self.trie.node_code[level][child], K), offset.masked_fill(~ok, 0.0))[:, :K]
             logits.append(z)
-            mask = None if paths is None else self.trie.child_mask(level, paths[:, level], self.level_sizes[level])
+            if paths is None:
+                mask = None
+            elif new:  # children with only new items under them are no negatives
+                mask = trained_child_mask(self, level, paths[:, level])
+            else:
+                mask = self.trie.child_mask(level, paths[:, level], self.level_sizes[level])
             if mask is None:
                 loss = F.cross_entropy(z.float(), codes[:, level], label_smoothing=label_smoothing)
             else:
