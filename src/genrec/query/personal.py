@@ -65,9 +65,20 @@ def history_scores(candidates: list[list[int]], rec_items: list[list[int]], rec_
 def combine(candidates: list[list[int]], query_scores: list[list[float]], hist_scores: list[list[float]],
             weight: float, k: int) -> list[list[int]]:
     """Top-k candidates of each query under log p(item | query) + weight * log p(item | history)."""
-    out = []
-    for cand, q, h in zip(candidates, query_scores, hist_scores):
-        total = np.asarray(q) + weight * np.asarray(h)
-        keep = [j for j in np.argsort(-total, kind="stable") if cand[j] >= 0][:k]
-        out.append([cand[j] for j in keep])
-    return out
+    return [top_k(cand, q, h, weight, k)[0] for cand, q, h in zip(candidates, query_scores, hist_scores)]
+
+
+def top_k(candidates: list[int], query_scores: list[float], hist_scores: list[float], weight: float, k: int
+          ) -> tuple[list[int], list[float]]:
+    """One query's top-k candidates (rows; -1 entries dropped) and their combined scores."""
+    total = np.asarray(query_scores, dtype=np.float64) + weight * np.asarray(hist_scores, dtype=np.float64)
+    keep = [j for j in np.argsort(-total, kind="stable") if candidates[j] >= 0][:k]
+    return [candidates[j] for j in keep], [float(total[j]) for j in keep]
+
+
+def rerank(candidates: list[int], query_scores: list[float], rec_rows: list[int], rec_scores: list[float],
+           weight: float, k: int) -> tuple[list[int], list[float]]:
+    """Personalised search for one query: its candidates (rows) with log p(item | query), and the recommender's
+    beam (rows, log-probabilities) for the user -> the top-k rows and their combined scores."""
+    hist = history_scores([candidates], [rec_rows], [rec_scores])[0]
+    return top_k(candidates, query_scores, hist, weight, k)

@@ -21,7 +21,7 @@ from genrec.query.config import QueryConfig
 from genrec.query.describe import PrefixIndex
 from genrec.query.encoder import TextEncoder
 from genrec.query.model import QueryModel
-from genrec.query.personal import combine, history_scores
+from genrec.query.personal import rerank
 from genrec.rundir import RunDir
 
 MAX_QUERY_CHARS = 500
@@ -113,12 +113,10 @@ class Searcher:
         rows, scores = self.answer([query], n, n)
         hist = recommender.history_row(list(history))
         recs = recommender.rank([hist], [0], min(n, len(recommender.item_ids)), False, None)[0]
-        rec_rows = [self.index.get(r.item_id, -1) for r in recs]
-        h = history_scores(rows, [rec_rows], [[r.score for r in recs]])
         w = self.history_weight if weight is None else weight
-        top = combine(rows, scores, h, w, k)[0]
-        total = {r: s + w * hs for r, s, hs in zip(rows[0], scores[0], h[0])}
-        return self._hits(top, [total[r] for r in top])
+        top, total = rerank(rows[0], scores[0], [self.index.get(r.item_id, -1) for r in recs],
+                            [r.score for r in recs], w, k)
+        return self._hits(top, total)
 
     def _hits(self, rows: list[int], scores: list[float]) -> list[SearchHit]:
         return [SearchHit(rank, self.catalog.item_ids[r], float(s), self.titles[r])

@@ -28,7 +28,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from genrec.errors import GenrecError
-from genrec.query.personal import combine, history_scores
+from genrec.query.personal import rerank
 from genrec.query.searcher import Searcher
 from genrec.serve.batcher import Batcher
 from genrec.serve.recommender import Recommender
@@ -160,11 +160,8 @@ def create_app(rec: Recommender, *, max_batch: int = 64, max_wait_ms: float = 5.
                 request.scope["state"]["arriving"] = False
                 batcher.on_the_way -= 1
             recs = await batcher.submit((None, n, False, n), (row, 0))
-            hist = history_scores([rows], [[rec.index[r.item_id] for r in recs]], [[r.score for r in recs]])[0]
-            w = searcher.history_weight
-            total = {r: s + w * h for r, s, h in zip(rows, scores, hist)}
-            rows = combine([rows], [scores], [hist], w, req.k)[0]
-            scores = [total[r] for r in rows]
+            rows, scores = rerank(rows, scores, [rec.index[r.item_id] for r in recs], [r.score for r in recs],
+                                  searcher.history_weight, req.k)
         items = [item(rec.index[searcher.catalog.item_ids[r]], s, i)
                  for i, (r, s) in enumerate(zip(rows, scores), start=1) if r >= 0]
         return {"query": req.query, "k": req.k, "personalised": bool(row), "items": items}
