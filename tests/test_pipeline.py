@@ -400,7 +400,7 @@ def test_rqvae_semantic_ids_with_the_collaborative_term_run_end_to_end(tiny_over
 
 def test_settings_added_later_keep_older_run_directories_current():
     """Fingerprints of the default recipe's stages, as a run made before the later settings (repeats, new items,
-    RQ-VAE, the dense head, the optimiser's beta2 and target weights) stamped them: such a run stays current."""
+    RQ-VAE, the dense head, the optimiser's beta2 and target weights, SASRec's attention dropout) stamped them: such a run stays current."""
     from genrec.config import fingerprint
     from genrec.pipeline import LATER, _without_later_defaults, settings
 
@@ -412,4 +412,6 @@ def test_settings_added_later_keep_older_run_directories_current():
     changed = load_config(REPO / "configs" / "beauty.yaml", ["data.cold_items=0.05", "model.tiger.dense_weight=1"])
     assert fingerprint(*map(_without_later_defaults, settings(changed, "prepare").items())) != got["prepare"]
     assert fingerprint(*map(_without_later_defaults, settings(changed, "train").items())) != got["train"]
-    assert set(LATER) <= {"data", "quantize", "model.tiger", "train"}
+    sasrec = load_config(REPO / "configs" / "beauty.yaml", ["model.sasrec.attention_dropout=0"])
+    assert fingerprint(*map(_without_later_defaults, settings(sasrec, "collab").items())) != got["collab"]
+    assert set(LATER) <= {"data", "quantize", "model.tiger", "model.sasrec", "train"}

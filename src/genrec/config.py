@@ -163,10 +163,15 @@ class SASRecConfig:
     repeat_bias: bool = False  # a learned offset, by recency, on the logits of history items (models/repeat.py);
     #                            a teacher with it hands its own view of history items to the student, one
     #                            without it hands them zero mass
+    attention_dropout: float = -1.0  # dropout on the attention weights (< 0: the same as `dropout`)
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.num_heads
+
+    @property
+    def attention_dropout_p(self) -> float:
+        return self.dropout if self.attention_dropout < 0 else self.attention_dropout
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,7 @@ LATER = {
                  "lr": 0.001, "beta": 0.25, "collab_weight": 0.0, "diversity_weight": 0.0, "reseed_every": 100},
     "model.tiger": {"text_input": False, "dense_weight": 0.0, "generative_weight": 1.0, "dense_item": "text+codes",
                     "dense_temperature": 0.07, "hybrid_candidates": 20},
+    "model.sasrec": {"attention_dropout": -1.0},
     "train": {"adam_beta2": 0.98, "target_weights": "batch"},
 }
 

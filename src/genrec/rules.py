@@ -68,6 +68,7 @@ def validate(cfg: Config) -> None:
     if s.d_model % s.num_heads:
         raise ConfigError(f"model.sasrec.d_model={s.d_model} must be divisible by model.sasrec.num_heads={s.num_heads}")
     for key, value in {"model.tiger.dropout": g.dropout, "model.sasrec.dropout": s.dropout,
+                       "model.sasrec.attention_dropout": s.attention_dropout_p,
                        "train.adam_beta2": t.adam_beta2}.items():
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"{key} must be in [0, 1), got {value}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 
@@ -133,3 +135,19 @@ def test_next_item_probs_per_position_equal_per_example_and_drop_the_history():
     # the temperature sharpens the same ranking
     hot = model.next_item_probs(windows.batch(np.arange(len(windows))), temperature=2.0)
     assert torch.equal(hot.argmax(1), one_pass.argmax(1)) and (hot.max(1).values < one_pass.max(1).values).all()
+
+
+def test_attention_dropout_is_its_own_setting():
+    """attention_dropout < 0 follows `dropout`; 0 turns off only the attention weights' dropout: in training mode
+    the outputs then vary with the other dropouts alone, and with dropout 0 too the model is deterministic."""
+    base = SASRecConfig(d_model=16, num_heads=2, d_ff=16, layers=2, dropout=0.5)
+    assert [layer.attn.dropout for layer in SASRec(cfg=base, num_items=10, max_history=6).layers] == [0.5, 0.5]
+    off = dataclasses.replace(base, attention_dropout=0.0)
+    assert [layer.attn.dropout for layer in SASRec(cfg=off, num_items=10, max_history=6).layers] == [0.0, 0.0]
+    model = SASRec(cfg=dataclasses.replace(base, dropout=0.0, attention_dropout=0.9), num_items=10, max_history=6)
+    history = torch.tensor([[0, 1, 2, 3, 4, 5]])
+    model.train()
+    assert not torch.equal(model.hidden(history), model.hidden(history))  # only the attention weights drop
+    plain = SASRec(cfg=dataclasses.replace(base, dropout=0.0, attention_dropout=0.0), num_items=10, max_history=6)
+    plain.train()
+    assert torch.equal(plain.hidden(history), plain.hidden(history))

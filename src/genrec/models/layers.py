@@ -85,10 +85,13 @@ class Attention(nn.Module):
 class EncoderLayer(nn.Module):
     """Pre-LN self-attention and feed-forward block."""
 
-    def __init__(self, *, d_model: int, num_heads: int, head_dim: int, d_ff: int, dropout: float) -> None:
+    def __init__(self, *, d_model: int, num_heads: int, head_dim: int, d_ff: int, dropout: float,
+                 attention_dropout: float | None = None) -> None:
+        """attention_dropout: on the attention weights (None: `dropout`)."""
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
-        self.attn = Attention(d_model=d_model, num_heads=num_heads, head_dim=head_dim, dropout=dropout)
+        self.attn = Attention(d_model=d_model, num_heads=num_heads, head_dim=head_dim,
+                              dropout=dropout if attention_dropout is None else attention_dropout)
         self.ff = FeedForward(d_model=d_model, d_ff=d_ff, dropout=dropout)
         self.drop = nn.Dropout(dropout)
 

@@ -37,7 +37,8 @@ class SASRec(nn.Module, Pretrained):
         self.item_emb = nn.Embedding(num_items + 1, D)  # last row: padding
         self.pos_emb = nn.Embedding(max_history, D)
         self.layers = nn.ModuleList(
-            EncoderLayer(d_model=D, num_heads=cfg.num_heads, head_dim=cfg.head_dim, d_ff=cfg.d_ff, dropout=cfg.dropout)
+            EncoderLayer(d_model=D, num_heads=cfg.num_heads, head_dim=cfg.head_dim, d_ff=cfg.d_ff, dropout=cfg.dropout,
+                         attention_dropout=cfg.attention_dropout_p)
             for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(D)
         self.drop = nn.Dropout(cfg.dropout)
