@@ -17,6 +17,7 @@ a file. FastAPI and uvicorn come with the optional extra `genrec[serve]`.
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -116,8 +117,14 @@ def create_app(rec: Recommender, *, max_batch: int = 64, max_wait_ms: float = 5.
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await batcher.start()
+        # everything loaded so far (model, catalogue, titles: some 250,000 objects on Beauty) lives as long as the
+        # service: out of the collector's sight, a full collection no longer walks them (about 280 ms on Beauty,
+        # a stall of every request in flight) but only what requests allocate
+        gc.collect()
+        gc.freeze()
         yield
         await batcher.stop()  # in-flight requests are answered first
+        gc.unfreeze()
 
     app = FastAPI(title="genrec", version=VERSION, lifespan=lifespan,
                   description="Recommendations from a generative retrieval model (semantic IDs).")
