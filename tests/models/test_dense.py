@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from genrec.data.batches import Batch
 from genrec.ids.catalog import Catalog
 from genrec.models.checkpoint import save_model
-from genrec.models.dense import dense_log_probs, fusion_scores, hybrid_scores
+from genrec.models.dense import dense_log_probs, fusion_scores, hybrid_scores, new_share_log_probs
 from genrec.models.tiger import Tiger
 from genrec.models.types import offers
 from genrec.search import beam_search
@@ -113,7 +113,7 @@ def test_a_model_directory_carries_the_text_and_the_new_items(tmp_path):
     catalog = Catalog([f"i{i}" for i in range(40)], [{} for _ in range(40)], codes, 3)
     save_model(model, tmp_path / "m", catalog=catalog)
     loaded = Tiger.from_pretrained(tmp_path / "m")
-    assert loaded.methods == ("generative", "exact", "dense", "hybrid", "fusion")
+    assert loaded.methods == ("generative", "exact", "dense", "hybrid", "fusion", "newshare")
     assert torch.equal(loaded.text.item_text, model.text.item_text)
     assert loaded.dense.new_items.nonzero()[:, 0].tolist() == [3, 17, 29]
     batch = random_batch(40, 4, seed=2)
@@ -139,6 +139,7 @@ def test_fusion_adds_the_generative_and_dense_log_probabilities_of_the_same_cand
     ("hybrid", True), ("hybrid-40", True), ("fusion-1000", True), ("dense", True),
     ("hybrid-0", False), ("hybrid-040", False), ("hybrid-1001", False), ("hybrid-100000000", False),
     ("hybrid-\u00b2", False), ("generative-5", False), ("exact-3", False), ("dense-2", False), ("hybrid-", False),
+    ("newshare", True), ("newshare-5", True), ("newshare-99", True), ("newshare-100", False), ("newshare-0", False),
 ])
 def test_only_the_hybrid_methods_take_a_size_and_only_a_sane_one(name, offered):
     model = dense_model()
@@ -165,3 +166,27 @@ def test_new_items_are_no_negatives_of_the_dense_loss():
     want = torch.nn.functional.cross_entropy(z[:, keep], torch.tensor([kept.index(t) for t in (5, 30, 12)]))
     assert loss == pytest.approx(float(want), abs=1e-5)
     assert loss != pytest.approx(float(torch.nn.functional.cross_entropy(z, batch.targets)), abs=1e-4)
+
+
+def test_newshare_puts_its_share_on_the_new_items_spread_as_the_dense_head_spreads_it():
+    model = dense_model()  # items 3, 17 and 29 are new
+    batch = random_batch(40, 5, seed=17)
+    new = model.dense.new_items
+    with torch.no_grad():
+        dense = dense_log_probs(model, batch, False)
+        got = new_share_log_probs(model, batch, 0.2, False)
+    p = dense.exp()
+    want = torch.where(new, 0.2 * p / p[:, new].sum(1, keepdim=True), 0.8 * p / p[:, ~new].sum(1, keepdim=True))
+    torch.testing.assert_close(got.exp(), want, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(got.exp()[:, new].sum(1), torch.full((5,), 0.2))
+    removed = new_share_log_probs(model, batch, 0.2, True)  # history items removed after the split
+    assert torch.equal(torch.isinf(removed), torch.isinf(dense_log_probs(model, batch, True)))
+    method = model.ranking("newshare-20")
+    assert method.complete and method.name == "newshare-20"
+    items, scores = method.recommend(batch, 40, False)
+    torch.testing.assert_close(scores, got.sort(1, descending=True).values)
+    plain = model.ranking("newshare")  # the new items' share of the catalogue: 3 of 40
+    torch.testing.assert_close(plain.recommend(batch, 40, False)[1],
+                               new_share_log_probs(model, batch, 3 / 40, False).sort(1, descending=True).values)
+    model.dense.new_items.zero_()  # no new items: the dense ranking itself
+    torch.testing.assert_close(new_share_log_probs(model, batch, 0.2, True), dense_log_probs(model, batch, True))

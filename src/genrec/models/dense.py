@@ -14,11 +14,14 @@ that generates semantic IDs can also score every item, new ones included.
 - Ranking methods built here for the model: `dense` (every item by its dense log-probability: complete),
   `hybrid-K` (beam search's top K plus every new item, re-ranked by the dense score: at most K + new items) and
   `fusion-K` (the same candidates ranked by the sum of the two log-probabilities, generative and dense; a new
-  item's generative log-probability is teacher-forced when beam search did not reach it).
+  item's generative log-probability is teacher-forced when beam search did not reach it), and `newshare-S`
+  (the dense ranking with S% of its probability on the new items, spread among them as the head spreads it;
+  plain `newshare`: their share of the catalogue): complete.
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -27,7 +30,7 @@ from torch import Tensor, nn
 
 from genrec.data.batches import Batch
 from genrec.models.repeat import RepeatBias, seen_rows
-from genrec.models.types import RankingMethod
+from genrec.models.types import RankingMethod, method_parameter
 from genrec.search import beam_search, drop_items, ranks_in_scores
 
 if TYPE_CHECKING:
@@ -73,13 +76,46 @@ class DenseHead(nn.Module):
         return z
 
 
-def dense_log_probs(model: Tiger, batch: Batch, exclude_history: bool) -> Tensor:
-    """Every catalogue item's dense log-probability as the next item [B, N] (-inf for removed history items)."""
+def dense_logits(model: Tiger, batch: Batch) -> tuple[Tensor, Tensor]:
+    """The dense head's logits over the catalogue after each history [B, N], and the histories [B, T] it read."""
     history = batch.history[:, -model.max_history :]
     memory = model.encode(Batch(batch.users, history))
-    z = model.dense.logits(model.item_states(memory)[:, -1], model.dense_vectors(), history, None)
+    return model.dense.logits(model.item_states(memory)[:, -1], model.dense_vectors(), history, None), history
+
+
+def dense_log_probs(model: Tiger, batch: Batch, exclude_history: bool) -> Tensor:
+    """Every catalogue item's dense log-probability as the next item [B, N] (-inf for removed history items)."""
+    z, history = dense_logits(model, batch)
     scores = F.log_softmax(z, dim=-1)
     return drop_items(scores, history) if exclude_history else scores
+
+
+def new_share_log_probs(model: Tiger, batch: Batch, share: float, exclude_history: bool) -> Tensor:
+    """The dense head's distribution with a set share of its mass on the new items [B, N]: the known items get
+    (1 - share) spread as the head spreads it among them, the new items `share` spread likewise among them. The
+    head has never seen a new item as a target, so it cannot know how often one is next; `share` says it."""
+    z, history = dense_logits(model, batch)
+    new = model.dense.new_items
+    if not bool(new.any()):
+        scores = F.log_softmax(z, dim=-1)
+    else:
+        old = F.log_softmax(z.masked_fill(new, float("-inf")), dim=-1) + math.log1p(-share)
+        fresh = F.log_softmax(z.masked_fill(~new, float("-inf")), dim=-1) + math.log(share)
+        scores = torch.where(new, fresh, old)
+    return drop_items(scores, history) if exclude_history else scores
+
+
+def new_share_method(model: Tiger, name: str, share: float) -> RankingMethod:
+    def recommend(batch: Batch, k: int, exclude_history: bool) -> tuple[Tensor, Tensor]:
+        scores = new_share_log_probs(model, batch, share, exclude_history)
+        top, items = scores.topk(min(k, scores.shape[1]), dim=1)
+        return torch.where(torch.isfinite(top), items, -1), top
+
+    def target_ranks(batch: Batch, k: int, exclude_history: bool) -> Tensor:
+        return ranks_in_scores(new_share_log_probs(model, batch, share, exclude_history), batch.targets, k)
+
+    return RankingMethod(name, complete=True, recommend=torch.no_grad()(recommend),
+                         target_ranks=torch.no_grad()(target_ranks))
 
 
 def dense_method(model: Tiger) -> RankingMethod:
@@ -139,3 +175,20 @@ def hybrid_method(model: Tiger, name: str, candidates: int, fuse: bool = False) 
     return RankingMethod(name, complete=False, recommend=torch.no_grad()(recommend),
                          target_ranks=torch.no_grad()(target_ranks), cost_per_item=len(model.decoder),
                          list_size=candidates + int(model.dense.new_items.sum()))
+
+
+def dense_ranking(model: Tiger, name: str) -> RankingMethod | None:
+    """The ranking method `name` of a model with a dense head, or None when it is none of the dense side's."""
+    if name == "dense":  # every item by its dense score
+        return dense_method(model)
+    if name in ("hybrid", "fusion"):  # beam top K + new items, re-ranked
+        return hybrid_method(model, name, model.cfg.hybrid_candidates, fuse=name == "fusion")
+    if name == "newshare":  # the new items' share of the catalogue
+        new = model.dense.new_items
+        return new_share_method(model, name, max(float(new.float().mean()), 1.0 / new.numel()))
+    size = method_parameter(name)
+    if size is None:
+        return None
+    if name.startswith("newshare-"):
+        return new_share_method(model, name, size / 100.0)
+    return hybrid_method(model, name, size, fuse=name.startswith("fusion"))  # hybrid-K, fusion-K

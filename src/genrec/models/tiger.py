@@ -28,12 +28,12 @@ from genrec.models.code_losses import (
     trained_child_mask,
     without_new_items,
 )
-from genrec.models.dense import DenseHead, ItemText, dense_method, hybrid_method
+from genrec.models.dense import DenseHead, ItemText, dense_ranking
 from genrec.models.layers import DecoderLayer, EncoderLayer, Memory
 from genrec.models.pretrained import Pretrained
 from genrec.models.repeat import RepeatBias, child_offsets, history_nodes, seen_rows
 from genrec.models.tiger_decoder import TigerDecoder
-from genrec.models.types import Output, RankingMethod, method_parameter
+from genrec.models.types import Output, RankingMethod
 from genrec.search import (
     beam_ranks,
     beam_search,
@@ -97,8 +97,8 @@ class Tiger(nn.Module, Pretrained):
     def offered_methods(cls, cfg: TigerConfig) -> tuple[str, ...]:
         """Beam search (the default) and exact scoring; with a dense head also dense, hybrid and fusion (-<K>)."""
         if cfg.dense_weight > 0 and cfg.generative_weight == 0:  # only the dense head learns: it is the default
-            return ("dense", "generative", "exact", "hybrid", "fusion")
-        return ("generative", "exact") + (("dense", "hybrid", "fusion") if cfg.dense_weight > 0 else ())
+            return ("dense", "generative", "exact", "hybrid", "fusion", "newshare")
+        return ("generative", "exact") + (("dense", "hybrid", "fusion", "newshare") if cfg.dense_weight > 0 else ())
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return {"level_sizes": self.level_sizes, "max_history": self.max_history,
@@ -380,13 +380,10 @@ class Tiger(nn.Module, Pretrained):
         if name == "exact":  # every item's log-probability: a complete ranking
             return RankingMethod("exact", complete=True, recommend=self._exact_recommend,
                                  target_ranks=self._exact_ranks, max_batch=8)
-        if self.dense is not None and name == "dense":  # every item by its dense score
-            return dense_method(self)
-        if self.dense is not None and name in ("hybrid", "fusion"):  # beam top K + new items, re-ranked
-            return hybrid_method(self, name, self.cfg.hybrid_candidates, fuse=name == "fusion")
-        if self.dense is not None and method_parameter(name) is not None:  # hybrid-K, fusion-K
-            return hybrid_method(self, name, method_parameter(name), fuse=name.startswith("fusion"))
-        raise KeyError(name)
+        method = dense_ranking(self, name) if self.dense is not None else None  # dense, hybrid, ...
+        if method is None:
+            raise KeyError(name)
+        return method
 
     @torch.no_grad()
     def _beam_recommend(self, batch: Batch, k: int, exclude_history: bool) -> tuple[Tensor, Tensor]:
