@@ -1,0 +1,95 @@
+"""The new items' share of the dense ranking (method `newshare-S`), chosen on validation, on a finished run of the
+new-item protocol (`bench/cold.py`).
+
+    GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=100000000000 \
+        python bench/new_share.py [--run runs/bench-cold] [--shares 1 2 3 5 8 12 20] [--threads N]
+                                  [--out bench/results/new_share.json]
+
+The dense head never saw a new item as a target, so nothing in training tells it how often one comes next.
+`newshare-S` puts S% of the probability on the new items (spread among them as the head spreads it) and the rest
+on the known items. Each S is evaluated on the validation users (all, in-set and cold slices, history removed);
+the S with the best validation NDCG@10 over all users (or the plain dense ranking, if it is better) is then
+evaluated on test under both protocols, beside the plain dense ranking. JSON: "valid" (one row per S), "chosen", "test" (metrics, with "with_history/..." for
+history kept), "command", "machine", "versions".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from cold import PROTOCOL
+from meta import machine, versions
+
+from genrec.config import load_config
+from genrec.distributed import DistInfo
+from genrec.evaluation.evaluator import evaluate_workspace
+from genrec.models.checkpoint import load_model
+from genrec.rundir import RunDir
+from genrec.workspace import load_workspace
+
+KEYS = [f"{m}@{k}" for m in ("recall", "ndcg") for k in (10, 20)]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("-c", "--config", default="configs/beauty.yaml", help="the recipe bench/cold.py ran")
+    p.add_argument("--run", default="runs/bench-cold", help="the finished new-item run")
+    p.add_argument("--shares", type=int, nargs="+", default=[1, 2, 3, 5, 8, 12, 20], help="percentages to try")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--out", default="bench/results/new_share.json")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = load_config(args.config, [*PROTOCOL, f"run_dir={args.run}"])
+    run = RunDir(cfg.run_dir)
+    model = load_model(run.model)
+    ws = load_workspace(cfg, run, with_sids=True)
+    e = cfg.evaluate
+    new = int(model.dense.new_items.sum())
+    print(f"{run.root}: {new} new items of {ws.catalog.num_items}")
+
+    def evaluate(split: str, methods: tuple[str, ...], exclude: bool) -> dict[str, float]:
+        r = evaluate_workspace(model, ws, e, DistInfo(), split=split, beam_size=e.beam_size, ks=(10, 20),
+                               methods=methods, exclude_history=exclude, cold_slices=True)
+        return r.metrics
+
+    start = time.perf_counter()
+    valid = []
+    print(f"{'method':<14}" + "".join(f"{s + '/' + k:>20}" for s in ("all", "in", "cold") for k in KEYS[::2]))
+    for name in ("dense", *(f"newshare-{s}" for s in args.shares)):
+        m = evaluate("valid", (name,), True)
+        row = {"method": name, "share": None if name == "dense" else int(name.split("-")[1]) / 100,
+               **{f"{part}/{k}": m[f"valid/{name}{'' if part == 'all' else '/' + part}/{k}"]
+                  for part in ("all", "in", "cold") for k in KEYS}}
+        valid.append(row)
+        print(f"{name:<14}" + "".join(f"{row[s + '/' + k]:>20.4f}" for s in ("all", "in", "cold") for k in KEYS[::2]),
+              flush=True)
+    chosen = max(valid, key=lambda r: r["all/ndcg@10"])["method"]  # the plain dense ranking may win
+    test = {}
+    for exclude, prefix in ((True, ""), (False, "with_history/")):
+        m = evaluate("test", tuple(dict.fromkeys(("dense", chosen))), exclude)
+        test.update({prefix + k: v for k, v in m.items()})
+    print(f"chosen on validation: {chosen}; test (history removed):")
+    for name in dict.fromkeys(("dense", chosen)):
+        parts = []
+        for part in ("all", "in", "cold"):
+            head = f"test/{name}" + ("" if part == "all" else f"/{part}")
+            parts.append(f"{part} R@10 {test[head + '/recall@10']:.4f} N@10 {test[head + '/ndcg@10']:.4f}")
+        print(f"  {name:<14}" + "  ".join(parts))
+    out = {"command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+           "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "machine": machine(), "versions": versions(),
+           "run": str(run.root), "new_items": new, "num_items": ws.catalog.num_items, "valid": valid,
+           "chosen": chosen, "test": test, "seconds": round(time.perf_counter() - start, 1)}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
