@@ -9,8 +9,8 @@ The dense head never saw a new item as a target, so nothing in training tells it
 `newshare-S` puts S% of the probability on the new items (spread among them as the head spreads it) and the rest
 on the known items. Each S is evaluated on the validation users (all, in-set and cold slices, history removed);
 the S with the best validation NDCG@10 over all users (or the plain dense ranking, if it is better) is then
-evaluated on test under both protocols, beside the plain dense ranking. JSON: "valid" (one row per S), "chosen", "test" (metrics, with "with_history/..." for
-history kept), "command", "machine", "versions".
+evaluated on test under both protocols, beside the plain dense ranking. JSON: "valid" (one row per S), "chosen",
+"test" (metrics, with "with_history/..." for history kept), "command", "machine", "versions".
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ def test_overrides_and_types():
     ("quantize.method=pq", "quantize.method='pq' is not one of rqkmeans"),
     ("model.sasrec.num_heads=3", "model.sasrec.d_model=64 must be divisible by model.sasrec.num_heads=3"),
     ("model.sasrec.dropout=1", "model.sasrec.dropout must be in [0, 1)"),
-    ("model.sasrec.attention_dropout=1.5", "model.sasrec.attention_dropout must be in [0, 1)"),
+    ("model.sasrec.attention_dropout=1.5", "model.sasrec.attention_dropout must be below 1"),
     ("evaluate.methods=[exact,exact]", "evaluate.methods lists a method twice"),
     ("model.tiger=3", "model.tiger must be a mapping of its keys"),
     ("train.select_metric=ndcg@50", "k <= train.valid_beam_size"),

@@ -400,7 +400,8 @@ def test_rqvae_semantic_ids_with_the_collaborative_term_run_end_to_end(tiny_over
 
 def test_settings_added_later_keep_older_run_directories_current():
     """Fingerprints of the default recipe's stages, as a run made before the later settings (repeats, new items,
-    RQ-VAE, the dense head, the optimiser's beta2 and target weights, SASRec's attention dropout) stamped them: such a run stays current."""
+    RQ-VAE, the dense head, the optimiser's beta2 and target weights, SASRec's attention dropout) stamped them:
+    such a run stays current."""
     from genrec.config import fingerprint
     from genrec.pipeline import LATER, _without_later_defaults, settings
 

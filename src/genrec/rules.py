@@ -68,10 +68,12 @@ def validate(cfg: Config) -> None:
     if s.d_model % s.num_heads:
         raise ConfigError(f"model.sasrec.d_model={s.d_model} must be divisible by model.sasrec.num_heads={s.num_heads}")
     for key, value in {"model.tiger.dropout": g.dropout, "model.sasrec.dropout": s.dropout,
-                       "model.sasrec.attention_dropout": s.attention_dropout_p,
                        "train.adam_beta2": t.adam_beta2}.items():
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"{key} must be in [0, 1), got {value}")
+    if s.attention_dropout >= 1.0:
+        raise ConfigError(f"model.sasrec.attention_dropout must be below 1 (in [0, 1), or < 0 to follow "
+                          f"model.sasrec.dropout), got {s.attention_dropout}")
     if q.lr <= 0 or q.beta < 0 or q.collab_weight < 0 or q.diversity_weight < 0:
         raise ConfigError(f"quantize.lr must be above 0 and quantize.beta, collab_weight and diversity_weight at "
                           f"least 0; got {q.lr}, {q.beta}, {q.collab_weight}, {q.diversity_weight}")

@@ -191,11 +191,28 @@ def test_ranking_methods_generative_and_exact(trie_softmax):
 def test_new_items_are_no_negatives_in_training():
     """Items no training sequence holds did not exist for training: with them marked new, the loss (trie softmax,
     label smoothing, distillation) equals the loss of the same weights over a catalogue without them, with the
-    teacher's mass on them dropped; unmarked, they are negatives and the loss differs."""
-    codes = collision_catalog(60, [3, 4, 3], seed=41)
+    teacher's mass on them dropped; unmarked, they are negatives and the loss differs. New items here fill a
+    whole level-0 subtree, whole level-1 children, and single leaves beside training items of the same prefix."""
+    codes = collision_catalog(60, [3, 4, 3], seed=41, repeats=12)
+    N = len(codes)
     sizes = [3, 4, 3, int(codes[:, -1].max()) + 1]
-    new = torch.from_numpy(codes[:, 1] == 2)  # every level-1 child with code 2 holds only new items
-    new[torch.tensor([5, 17, 30])] = True  # and a few leaves beside training items
+    new = torch.from_numpy((codes[:, 0] == 2) | (codes[:, 1] == 2))  # a level-0 subtree, level-1 children
+
+    def groups(depth: int) -> dict[tuple, list[int]]:
+        out: dict[tuple, list[int]] = {}
+        for i, row in enumerate(codes[:, :depth].tolist()):
+            if not new[i]:
+                out.setdefault(tuple(row), []).append(i)
+        return out
+
+    # a level-2 child: every item under some (c0, c1, c2) whose (c0, c1) node keeps other training children
+    prefix, members = next((p, m) for p, m in groups(2).items() if len({int(codes[i, 2]) for i in m}) > 1)
+    third = int(codes[members[0], 2])
+    new |= torch.from_numpy((codes[:, :2] == prefix).all(1) & (codes[:, 2] == third))
+    level2_sibling = next(i for i in members if codes[i, 2] != third)
+    shared = [g for g in groups(3).values() if len(g) > 1][:2]  # collision groups of training items
+    assert len(shared) == 2
+    new[[g[0] for g in shared]] = True  # one new leaf in each, its siblings training items
     old = (~new).nonzero()[:, 0]
     full = tiny_model(codes, sizes, "sum", causal_encoder=True, trie_softmax=True)
     full.cfg = dataclasses.replace(full.cfg, repeat_bias=False)
@@ -203,19 +220,22 @@ def test_new_items_are_no_negatives_in_training():
     sub = tiny_model(codes[old.numpy()], sizes, "sum", causal_encoder=True, trie_softmax=True)
     sub.cfg, sub.repeat = full.cfg, None
     sub.load_state_dict({k: v for k, v in full.state_dict().items() if k != "item_codes"}, strict=False)
-    remap = torch.full((60,), -1)
+    remap = torch.full((N,), -1)
     remap[old] = torch.arange(len(old))
     g = torch.Generator().manual_seed(42)
+    targets = torch.tensor([level2_sibling] + [g_[1] for g_ in shared]
+                           + old[torch.randint(0, len(old), (3,), generator=g)].tolist())
     history = old[torch.randint(0, len(old), (6, 5), generator=g)]
     history[0, :2] = -1
-    targets = old[torch.randint(0, len(old), (6,), generator=g)]
-    teacher = torch.softmax(torch.randn(6, 60, generator=g) * 2, dim=1)
+    teacher = torch.softmax(torch.randn(6, N, generator=g) * 2, dim=1)
     batch = Batch(torch.zeros(6, dtype=torch.long), history, targets)
     sub_batch = Batch(batch.users, torch.where(history >= 0, remap[history.clamp(min=0)], -1), remap[targets])
     sub_teacher = teacher[:, old] / teacher[:, old].sum(1, keepdim=True)
-    unmarked = full(batch, teacher=teacher, distill=0.5, label_smoothing=0.1).loss
-    full.new_items.copy_(new)
-    marked = full(batch, teacher=teacher, distill=0.5, label_smoothing=0.1).loss
-    reference = sub(sub_batch, teacher=sub_teacher, distill=0.5, label_smoothing=0.1).loss
-    torch.testing.assert_close(marked, reference, atol=1e-5, rtol=1e-5)
-    assert not torch.isclose(unmarked, reference, atol=1e-3)
+    for distill in (0.0, 0.5):
+        unmarked = full(batch, teacher=teacher, distill=distill, label_smoothing=0.1)
+        full.new_items.copy_(new)
+        marked = full(batch, teacher=teacher, distill=distill, label_smoothing=0.1)
+        full.new_items.zero_()
+        reference = sub(sub_batch, teacher=sub_teacher, distill=distill, label_smoothing=0.1)
+        torch.testing.assert_close(marked.loss, reference.loss, atol=1e-5, rtol=1e-5)
+        assert not torch.isclose(unmarked.loss, reference.loss, atol=1e-3)

@@ -3,8 +3,9 @@ next-item distribution summed to each level's codes (distillation).
 
 Items no training sequence holds (new items: held out, or never interacted with) did not exist for training, so
 neither loss may treat them as negatives: the softmax over a node's children leaves out the children with only
-new items under them (`trained_child_mask`), and the teacher's mass on new items is dropped before it is summed
-to codes. Otherwise training would teach the model to bury exactly the items a new-item protocol measures."""
+new items under them (`training_child_mask`), and the teacher's mass on new items is dropped before it is summed
+to codes. (With `trie_softmax=false` the softmax runs over every code of a level, which new items share with
+known ones, so nothing can be left out.) Otherwise training would teach the model to bury exactly the items a new-item protocol measures."""
 
 from __future__ import annotations
 
@@ -29,18 +30,30 @@ def masked_cross_entropy(z: Tensor, target: Tensor, mask: Tensor, label_smoothin
     return nll.mean()
 
 
-def trained_child_mask(model: Tiger, level: int, nodes: Tensor) -> Tensor:
-    """nodes [n] at depth `level` -> [n, K_level] bool: the codes leading to a child with at least one training
-    item (not `model.new_items`) under it. Every training target's own path passes this mask."""
+def _trained_nodes(model: Tiger) -> list[Tensor] | None:
+    """Per depth 1..C, which trie nodes hold at least one training item (not `model.new_items`); None when every
+    item is a training item. Cached until `new_items` or the trie's device changes."""
+    new, trie = model.new_items, model.trie
+    key = (new.device, new.data_ptr(), new._version, trie.num_items)
+    cached = model.__dict__.get("_trained_nodes")
+    if cached is None or cached[0] != key:
+        trained = None
+        if bool(new.any()):
+            old = F.pad((~new)[trie.leaf_item].long().cumsum(0), (1, 0))  # [N + 1] training items in leaf order
+            trained = [old[first[1:]] > old[first[:-1]]
+                       for first in (trie.first_leaf(depth) for depth in range(1, model.num_levels + 1))]
+        cached = model.__dict__["_trained_nodes"] = (key, trained)
+    return cached[1]
+
+
+def training_child_mask(model: Tiger, level: int, nodes: Tensor) -> Tensor:
+    """nodes [n] at depth `level` -> [n, K_level] bool: the codes a training softmax runs over, those leading to
+    a child with at least one training item under it (all children when no item is new). Every training
+    target's own path passes it."""
+    trained = _trained_nodes(model)
+    if trained is None:
+        return model.trie.child_mask(level, nodes, model.level_sizes[level])
     trie = model.trie
-    trained = model.__dict__.get("_trained_nodes")  # per depth 1..C: which nodes hold a training item
-    if trained is None or trained[0].device != nodes.device or trained[-1].numel() != trie.num_items:
-        old = F.pad((~model.new_items)[trie.leaf_item].long().cumsum(0), (1, 0))  # [N + 1] in leaf order
-        trained = []
-        for depth in range(1, model.num_levels + 1):
-            first = trie.first_leaf(depth)
-            trained.append(old[first[1:]] > old[first[:-1]])
-        model.__dict__["_trained_nodes"] = trained
     child, valid = trie.children(level, nodes)  # [n, M]
     valid = valid & trained[level][child]
     K = model.level_sizes[level]
@@ -50,9 +63,8 @@ def trained_child_mask(model: Tiger, level: int, nodes: Tensor) -> Tensor:
 
 
 def without_new_items(model: Tiger, item_probs: Tensor) -> Tensor:
-    """A teacher's next-item distribution [n, N] with no mass on new items, renormalised."""
-    p = item_probs.masked_fill(model.new_items, 0.0)
-    return p / p.sum(1, keepdim=True).clamp(min=1e-30)
+    """A teacher's next-item distribution [n, N] with no mass on new items (code_distributions renormalises)."""
+    return item_probs if _trained_nodes(model) is None else item_probs.masked_fill(model.new_items, 0.0)
 
 
 def code_distributions(model: Tiger, item_probs: Tensor, targets: Tensor) -> list[Tensor]:

@@ -22,6 +22,7 @@ that generates semantic IDs can also score every item, new ones included.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -105,29 +106,26 @@ def new_share_log_probs(model: Tiger, batch: Batch, share: float, exclude_histor
     return drop_items(scores, history) if exclude_history else scores
 
 
-def new_share_method(model: Tiger, name: str, share: float) -> RankingMethod:
+def complete_method(name: str, score: Callable[[Batch, bool], Tensor]) -> RankingMethod:
+    """A ranking method of every catalogue item by `score(batch, exclude_history)` [B, N] (-inf: left out)."""
     def recommend(batch: Batch, k: int, exclude_history: bool) -> tuple[Tensor, Tensor]:
-        scores = new_share_log_probs(model, batch, share, exclude_history)
+        scores = score(batch, exclude_history)
         top, items = scores.topk(min(k, scores.shape[1]), dim=1)
         return torch.where(torch.isfinite(top), items, -1), top
 
     def target_ranks(batch: Batch, k: int, exclude_history: bool) -> Tensor:
-        return ranks_in_scores(new_share_log_probs(model, batch, share, exclude_history), batch.targets, k)
+        return ranks_in_scores(score(batch, exclude_history), batch.targets, k)
 
     return RankingMethod(name, complete=True, recommend=torch.no_grad()(recommend),
                          target_ranks=torch.no_grad()(target_ranks))
 
 
 def dense_method(model: Tiger) -> RankingMethod:
-    def recommend(batch: Batch, k: int, exclude_history: bool) -> tuple[Tensor, Tensor]:
-        top, items = dense_log_probs(model, batch, exclude_history).topk(min(k, model.dense.new_items.numel()), dim=1)
-        return torch.where(torch.isfinite(top), items, -1), top
+    return complete_method("dense", lambda batch, exclude: dense_log_probs(model, batch, exclude))
 
-    def target_ranks(batch: Batch, k: int, exclude_history: bool) -> Tensor:
-        return ranks_in_scores(dense_log_probs(model, batch, exclude_history), batch.targets, k)
 
-    return RankingMethod("dense", complete=True, recommend=torch.no_grad()(recommend),
-                         target_ranks=torch.no_grad()(target_ranks))
+def new_share_method(model: Tiger, name: str, share: float) -> RankingMethod:
+    return complete_method(name, lambda batch, exclude: new_share_log_probs(model, batch, share, exclude))
 
 
 def hybrid_scores(model: Tiger, batch: Batch, candidates: int, exclude_history: bool) -> Tensor:

@@ -25,7 +25,7 @@ from genrec.ids.trie import Trie, build_trie
 from genrec.models.code_losses import (
     code_distributions,
     masked_cross_entropy,
-    trained_child_mask,
+    training_child_mask,
     without_new_items,
 )
 from genrec.models.dense import DenseHead, ItemText, dense_ranking
@@ -61,7 +61,8 @@ class Tiger(nn.Module, Pretrained):
         self.register_buffer("item_codes", item_codes.long(), persistent=True)  # [N, C]
         offsets = torch.tensor([0] + level_sizes[:-1]).cumsum(0)
         self.register_buffer("offsets", offsets, persistent=False)  # [C] first token id of each level
-        # [N] items no training sequence holds: never negatives in training (code_losses); set by from_catalog
+        # [N] items no training sequence holds: never negatives in training (code_losses). Set by from_catalog for
+        # training only (not saved: a loaded model's new items are `dense.new_items`, which ranking uses)
         self.register_buffer("new_items", torch.zeros(item_codes.shape[0], dtype=torch.bool), persistent=False)
         V, D = sum(level_sizes), cfg.d_model
         self.code_emb = nn.Embedding(V + 1, D)  # last row: BOS for the decoder
@@ -95,7 +96,8 @@ class Tiger(nn.Module, Pretrained):
 
     @classmethod
     def offered_methods(cls, cfg: TigerConfig) -> tuple[str, ...]:
-        """Beam search (the default) and exact scoring; with a dense head also dense, hybrid and fusion (-<K>)."""
+        """Beam search (the default) and exact scoring; with a dense head also dense, hybrid and fusion (-<K>), and
+        newshare (-<S>)."""
         if cfg.dense_weight > 0 and cfg.generative_weight == 0:  # only the dense head learns: it is the default
             return ("dense", "generative", "exact", "hybrid", "fusion", "newshare")
         return ("generative", "exact") + (("dense", "hybrid", "fusion", "newshare") if cfg.dense_weight > 0 else ())
@@ -322,10 +324,9 @@ class Tiger(nn.Module, Pretrained):
         hidden = hidden[live]  # [n, C, D] only real targets
         codes = codes[live]  # [n, C]
         paths = self.trie.paths(targets[live]) if self.cfg.trie_softmax else None  # [n, C] prefix nodes
-        new = bool(self.new_items.any())
-        if teacher is not None and new:
-            teacher = without_new_items(self, teacher)
-        soft = self.code_distributions(teacher, targets[live]) if teacher is not None and distill > 0 else None
+        soft = None
+        if teacher is not None and distill > 0:
+            soft = self.code_distributions(without_new_items(self, teacher), targets[live])
         per_position = batch.targets.ndim == 2
         repeat = None if paths is None else self.repeat_nodes(
             batch.history if per_position else batch.history[:, -self.max_history :], live if per_position else None)
@@ -340,12 +341,7 @@ class Tiger(nn.Module, Pretrained):
                 z = z.float() + torch.zeros(z.shape[0], K + 1, device=z.device).scatter(
                     1, torch.where(ok, self.trie.node_code[level][child], K), offset.masked_fill(~ok, 0.0))[:, :K]
             logits.append(z)
-            if paths is None:
-                mask = None
-            elif new:  # children with only new items under them are no negatives
-                mask = trained_child_mask(self, level, paths[:, level])
-            else:
-                mask = self.trie.child_mask(level, paths[:, level], self.level_sizes[level])
+            mask = None if paths is None else training_child_mask(self, level, paths[:, level])  # no new items
             if mask is None:
                 loss = F.cross_entropy(z.float(), codes[:, level], label_smoothing=label_smoothing)
             else:

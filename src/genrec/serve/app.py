@@ -122,9 +122,11 @@ def create_app(rec: Recommender, *, max_batch: int = 64, max_wait_ms: float = 5.
         # a stall of every request in flight) but only what requests allocate
         gc.collect()
         gc.freeze()
-        yield
-        await batcher.stop()  # in-flight requests are answered first
-        gc.unfreeze()
+        try:
+            yield
+            await batcher.stop()  # in-flight requests are answered first
+        finally:
+            gc.unfreeze()
 
     app = FastAPI(title="genrec", version=VERSION, lifespan=lifespan,
                   description="Recommendations from a generative retrieval model (semantic IDs).")
@@ -167,8 +169,8 @@ def create_app(rec: Recommender, *, max_batch: int = 64, max_wait_ms: float = 5.
                 request.scope["state"]["arriving"] = False
                 batcher.on_the_way -= 1
             recs = await batcher.submit((None, n, False, n), (row, 0))
-            rows, scores = rerank(rows, scores, [rec.index[r.item_id] for r in recs], [r.score for r in recs],
-                                  searcher.history_weight, req.k)
+            rows, scores = rerank(rows, scores, [searcher.index.get(r.item_id, -1) for r in recs],
+                                  [r.score for r in recs], searcher.history_weight, req.k)
         items = [item(rec.index[searcher.catalog.item_ids[r]], s, i)
                  for i, (r, s) in enumerate(zip(rows, scores), start=1) if r >= 0]
         return {"query": req.query, "k": req.k, "personalised": bool(row), "items": items}
