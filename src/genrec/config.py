@@ -135,8 +135,7 @@ class TigerConfig:
     # the hybrid (LIGER; models/dense.py): item text as input and a dense head beside generation
     text_input: bool = False  # add each history item's text embedding (the embed stage's), projected, to its token
     dense_weight: float = 0.0  # > 0: a dense head predicts the next item's vector (full-catalogue softmax), with
-    #                            this weight on its loss; adds the ranking methods dense, hybrid, fusion and
-    #                            newshare (models/dense.py)
+    #                            this weight on its loss; adds the ranking methods of models/dense.py
     generative_weight: float = 1.0  # weight on the generative loss (loss = generative_weight x generative +
     #                                  dense_weight x dense)
     dense_item: str = "text+codes"  # an item's dense vector: "text" (its projected text embedding) or "text+codes"
@@ -169,10 +168,6 @@ class SASRecConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.num_heads
-
-    @property
-    def attention_dropout_p(self) -> float:
-        return self.dropout if self.attention_dropout < 0 else self.attention_dropout
 
 
 @dataclass(frozen=True)

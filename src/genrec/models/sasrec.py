@@ -38,7 +38,7 @@ class SASRec(nn.Module, Pretrained):
         self.pos_emb = nn.Embedding(max_history, D)
         self.layers = nn.ModuleList(
             EncoderLayer(d_model=D, num_heads=cfg.num_heads, head_dim=cfg.head_dim, d_ff=cfg.d_ff, dropout=cfg.dropout,
-                         attention_dropout=cfg.attention_dropout_p)
+                         attention_dropout=cfg.dropout if cfg.attention_dropout < 0 else cfg.attention_dropout)
             for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(D)
         self.drop = nn.Dropout(cfg.dropout)

@@ -22,12 +22,8 @@ from genrec.data.batches import Batch
 from genrec.ids.catalog import Catalog
 from genrec.errors import GenrecError
 from genrec.ids.trie import Trie, build_trie
-from genrec.models.code_losses import (
-    code_distributions,
-    masked_cross_entropy,
-    training_child_mask,
-    without_new_items,
-)
+from genrec.models.code_losses import (code_distributions, masked_cross_entropy, training_child_mask,
+                                       without_new_items)
 from genrec.models.dense import DenseHead, ItemText, dense_ranking
 from genrec.models.layers import DecoderLayer, EncoderLayer, Memory
 from genrec.models.pretrained import Pretrained
@@ -61,8 +57,7 @@ class Tiger(nn.Module, Pretrained):
         self.register_buffer("item_codes", item_codes.long(), persistent=True)  # [N, C]
         offsets = torch.tensor([0] + level_sizes[:-1]).cumsum(0)
         self.register_buffer("offsets", offsets, persistent=False)  # [C] first token id of each level
-        # [N] items no training sequence holds: never negatives in training (code_losses). Set by from_catalog for
-        # training only (not saved: a loaded model's new items are `dense.new_items`, which ranking uses)
+        # [N] items no training sequence holds, never negatives (code_losses); training only: ranking reads dense's
         self.register_buffer("new_items", torch.zeros(item_codes.shape[0], dtype=torch.bool), persistent=False)
         V, D = sum(level_sizes), cfg.d_model
         self.code_emb = nn.Embedding(V + 1, D)  # last row: BOS for the decoder
