@@ -41,9 +41,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(run: Path, batched: bool, threads: int) -> tuple[subprocess.Popen, str]:
+def start(run: Path, batched: bool, threads: int, max_batch: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "genrec.cli", "serve", str(run), "--port", str(port)]
+    cmd = [sys.executable, "-m", "genrec.cli", "serve", str(run), "--port", str(port), "--max-batch", str(max_batch)]
     cmd += [] if batched else ["--no-batching"]
     cmd += ["--threads", str(threads)] if threads else []
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -145,6 +145,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=15.0, help="time per setting at most")
     p.add_argument("--max-requests", type=int, default=2000, help="answers per setting at most")
     p.add_argument("--threads", type=int, default=0, help="the server's torch threads (default: torch's choice)")
+    p.add_argument("--max-batch", type=int, default=64, help="the server's histories per model call")
     p.add_argument("--out", default="bench/results/serve.json")
     args = p.parse_args()
     run = Path(args.run)
@@ -153,7 +154,7 @@ def main() -> None:
     rows = []
     print(f"{'batched':<9}{'beam':>6}{'conc.':>7}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}")
     for batched in (True, False):
-        proc, url = start(run, batched, args.threads)
+        proc, url = start(run, batched, args.threads, args.max_batch)
         try:
             for beam in args.beams:
                 for concurrency in args.concurrency:
