@@ -5,7 +5,8 @@ Items no training sequence holds (new items: held out, or never interacted with)
 neither loss may treat them as negatives: the softmax over a node's children leaves out the children with only
 new items under them (`training_child_mask`), and the teacher's mass on new items is dropped before it is summed
 to codes. (With `trie_softmax=false` the softmax runs over every code of a level, which new items share with
-known ones, so nothing can be left out.) Otherwise training would teach the model to bury exactly the items a new-item protocol measures."""
+known ones, so nothing can be left out.) Otherwise training would teach the model to bury exactly the items a
+new-item protocol measures."""
 
 from __future__ import annotations
 
