@@ -14,10 +14,11 @@ import time
 
 import torch
 
+from genrec import precision
 from genrec.config import load_config
 from genrec.models.registry import MODELS, build_model
 from genrec.rundir import RunDir
-from genrec.train import autocast_for, load_teacher, make_examples, make_optimizer, train_step
+from genrec.train import load_teacher, make_examples, make_optimizer, train_step
 from genrec.workspace import load_workspace
 
 
@@ -37,7 +38,7 @@ def main() -> None:
     examples = make_examples(model, ws, cfg.data.max_history)
     batches = examples.epoch_batches(0, cfg.train.batch_size, 0)
     teacher = load_teacher(run, ws, "cpu") if cfg.train.distill > 0 and model.learns_from_teacher else None
-    autocast = autocast_for(cfg.train.dtype, "cpu")
+    autocast = precision.autocast(cfg.train.dtype, "cpu")
     targets, seconds = 0, 0.0
     for i, index in enumerate(batches[: 4 + args.steps]):
         batch = examples.batch(index)

@@ -17,7 +17,7 @@ import math
 import shutil
 import sys
 import time
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from genrec import precision
 from genrec.config import Config, TrainConfig
 from genrec.data.batches import Batch, TrainExamples, TrainWindows
 from genrec.distributed import DistInfo, barrier
@@ -189,11 +190,6 @@ def train_step(net: nn.Module, batch: Batch, *, t: TrainConfig, teacher: nn.Modu
     return loss.detach()
 
 
-def autocast_for(dtype: str, device: str) -> AbstractContextManager:
-    return (torch.autocast("cpu" if device == "cpu" else "cuda", dtype=torch.bfloat16)
-            if dtype == "bfloat16" else nullcontext())
-
-
 def train(cfg: Config, run: RunDir, out_dir: Path, dist: DistInfo) -> dict[str, Any]:
     """Train `cfg.model` into out_dir (resuming from its latest checkpoint), leaving the selected model in
     out_dir/best."""
@@ -220,7 +216,7 @@ def train(cfg: Config, run: RunDir, out_dir: Path, dist: DistInfo) -> dict[str, 
         logger.info("resuming from %s (step %d)", latest, state["step"])
     teacher = load_teacher(run, ws, dist.device) if t.distill > 0 and model.learns_from_teacher else None
     net = DistributedDataParallel(model) if dist.world_size > 1 else model
-    autocast = autocast_for(t.dtype, dist.device)
+    autocast = precision.autocast(t.dtype, torch.device(dist.device).type)
     log = TrainLog(out_dir, dist.is_main, resume_step=state["step"])
     metric_key = f"valid/{model.methods[0]}/{t.select_metric}"
     batches = examples.epoch_batches(state["epoch"], t.batch_size, t.seed)

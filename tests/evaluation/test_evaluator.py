@@ -14,7 +14,8 @@ from genrec.config import SASRecConfig
 from genrec.data.batches import Batch
 from genrec.data.splits import EvalSet
 from genrec.errors import GenrecError
-from genrec.evaluation.evaluator import evaluate_split, format_table, repeat_share, resolve_dtype
+from genrec.evaluation.evaluator import evaluate_split, format_table, repeat_share
+from genrec.precision import resolve_dtype
 from genrec.ids.trie import build_trie
 from genrec.models.content import ContentBaseline
 from genrec.models.sasrec import SASRec

@@ -37,7 +37,6 @@ import json
 import logging
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -46,6 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from genrec import precision
 from genrec.config import Config, EvaluateConfig
 from genrec.data.batches import eval_batches
 from genrec.data.prepare import load_prepared
@@ -85,20 +85,6 @@ class Ranking:
     target: int
     items: list[int]  # best first; fewer than rankings_k where the method returned fewer
     scores: list[float]
-
-
-def resolve_dtype(dtype: str, device_type: str) -> str:
-    """"auto" -> "bfloat16" where the hardware computes it natively (else emulation makes it slower), else
-    "float32"; other values pass through."""
-    if dtype != "auto":
-        return dtype
-    if device_type == "cuda":
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-    try:
-        flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "").split()
-    except OSError:
-        flags = []
-    return "bfloat16" if {"avx512_bf16", "amx_bf16"} & set(flags) else "float32"
 
 
 def methods_of(model: RetrievalModel, names: tuple[str, ...]) -> list[RankingMethod]:
@@ -147,8 +133,7 @@ def evaluate_split(
         total = (len(eval_set.targets[rank::world_size]) + batch_size - 1) // batch_size
         batches = tqdm(batches, total=total, desc=f"evaluate {split}", leave=False)
     device_type = next(itertools.chain(model.parameters(), model.buffers())).device.type
-    dtype = resolve_dtype(dtype, device_type)
-    autocast = (torch.autocast(device_type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext())
+    autocast = precision.autocast(dtype, device_type)
     out = EvalResult()
     for idx, batch in batches:
         slice_rows = {"all": torch.ones(len(idx), dtype=torch.bool)}
@@ -274,7 +259,7 @@ def evaluate_run(cfg: Config, run: RunDir, out_dir: Path, dist: DistInfo, model_
     results: dict[str, Any] = {"metrics": {}, "omitted": {}, "users": {}, "seconds": {},
                                "beam_size": e.beam_size, "methods": [m.name for m in methods_of(model, e.methods)],
                                "exclude_history": e.exclude_history,
-                               "dtype": resolve_dtype(e.dtype, torch.device(dist.device).type),
+                               "dtype": precision.resolve_dtype(e.dtype, torch.device(dist.device).type),
                                "model": str(model_dir), "num_items": ws.catalog.num_items}
     rows: list[dict[str, Any]] = []
     for split in e.splits:
