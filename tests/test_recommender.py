@@ -17,6 +17,7 @@ from genrec.data.batches import Batch
 from genrec.errors import GenrecError
 from genrec.models.checkpoint import load_model
 from genrec.models.tiger import Tiger
+from genrec.serve.recommender import shape_bucket
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def trained(tmp_path_factory, tiny_data):
 
 def test_recommend_is_the_models_ranking_for_one_and_many_histories(trained):
     run_dir, _ = trained
-    rec = genrec.Recommender.load(run_dir)
+    rec = genrec.Recommender.load(run_dir, dtype="float32")
     ids = rec.item_ids
     histories = [[ids[0], ids[1]], [ids[5]], [ids[9], ids[3], ids[7]]]
     many = rec.recommend(histories, k=5)
@@ -52,6 +53,29 @@ def test_recommend_is_the_models_ranking_for_one_and_many_histories(trained):
     # exact scoring ranks every item by the same log-probability that beam search approximates from above
     assert exact[0].score >= many[0][0].score - 1e-5 and [r.score for r in exact] == sorted(
         (r.score for r in exact), reverse=True)
+
+
+def test_batch_shapes_are_few_and_never_lose_a_history():
+    sizes = [shape_bucket(n) for n in range(1, 65)]
+    assert all(n <= s <= n + 15 for n, s in zip(range(1, 65), sizes)) and len(set(sizes)) <= 12
+    assert sizes[:4] == [1, 2, 3, 4] and shape_bucket(5) == 8 and shape_bucket(17) == 24 and shape_bucket(64) == 64
+
+
+def test_bfloat16_answers_each_history_as_float32_does_up_to_rounding(trained):
+    """Under bf16 a batch is padded to a few shapes with repeated histories: each history still gets its own
+    answer (the float32 one, up to bf16 rounding), and the padding's answers are dropped."""
+    run_dir, _ = trained
+    f32, b16 = (genrec.Recommender.load(run_dir, dtype=d) for d in ("float32", "bfloat16"))
+    assert (f32.dtype, b16.dtype) == ("float32", "bfloat16")
+    ids = f32.item_ids
+    histories = [[ids[i], ids[i + 7]] for i in range(0, 30, 5)]  # 6 histories: ranked as a batch of 8
+    exact, rounded = f32.recommend(histories, k=5), b16.recommend(histories, k=5)
+    assert len(rounded) == 6
+    for a, b in zip(exact, rounded):
+        assert len({r.item_id for r in a} & {r.item_id for r in b}) >= 4
+        assert b[0].score == pytest.approx(a[0].score, abs=0.05)
+    with pytest.raises(GenrecError, match="dtype 'half' is not one of auto, float32, bfloat16"):
+        genrec.Recommender.load(run_dir, dtype="half")
 
 
 def test_a_model_directory_recommends_on_its_own(trained, tmp_path):
