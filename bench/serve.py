@@ -3,12 +3,14 @@ and beam widths, with dynamic batching on and off, side by side in one run.
 
     GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=100000000000 \
         python bench/serve.py [--run runs/bench-beauty] [--concurrency 1 8 32 128] [--beams 20 100] [-k 10]
-                              [--seconds 15] [--max-requests 2000] [--out bench/results/serve.json]
+                              [--seconds 15] [--max-requests 2000] [--warm-up 2] [--out bench/results/serve.json]
+                              [--threads N] [--dtype auto] [--max-batch 64] [--max-wait-ms 5]
 
-For each setting a fresh `genrec serve` process (a real uvicorn server, batching on or off) is started on the run,
-warmed up, then `concurrency` clients each send POST /recommend one after another, with histories of the run's
-test users (their whole sequence but the last item), k items from a beam of `beam_size`, history removed, until
-`--max-requests` answers or `--seconds` have passed. The clients run in this process (one asyncio loop, one
+A fresh `genrec serve` process (a real uvicorn server) is started on the run with batching on, then one with it
+off, each with the service's defaults unless given. Each setting is first warmed up with `--warm-up` seconds of
+uncounted load (a long-running service is measured, not its first seconds), then `concurrency` clients each
+send POST /recommend one after another, with histories of the run's test users (their whole sequence but the last
+item), k items from a beam of `beam_size`, history removed, until `--max-requests` answers or `--seconds` have passed. The clients run in this process (one asyncio loop, one
 keep-alive HTTP/1.1 connection each over plain asyncio streams, so that the load generator costs little) and the
 server in its own, so on 2 cores the two compete for the CPU as a service and its callers on one machine would.
 """
@@ -41,9 +43,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(run: Path, batched: bool, threads: int, max_batch: int) -> tuple[subprocess.Popen, str]:
+def start(run: Path, batched: bool, threads: int, max_batch: int, max_wait_ms: float, dtype: str
+          ) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "genrec.cli", "serve", str(run), "--port", str(port), "--max-batch", str(max_batch)]
+    cmd = [sys.executable, "-m", "genrec.cli", "serve", str(run), "--port", str(port), "--max-batch", str(max_batch),
+           "--max-wait-ms", str(max_wait_ms), "--dtype", dtype]
     cmd += [] if batched else ["--no-batching"]
     cmd += ["--threads", str(threads)] if threads else []
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -89,7 +93,7 @@ class Connection:
 
 
 async def load(url: str, histories: list[list[str]], *, concurrency: int, beam: int, k: int, seconds: float,
-               max_requests: int) -> dict:
+               max_requests: int, warm_up: float = 2.0) -> dict:
     latencies: list[float] = []
     errors = 0
     kinds: dict[str, int] = {}
@@ -113,20 +117,21 @@ async def load(url: str, histories: list[list[str]], *, concurrency: int, beam: 
         else:
             errors += 1
 
-    for _ in range(2):  # warm-up, not counted
-        await asyncio.gather(*(one(c, rng.choice(histories)) for c in connections))
-    latencies.clear()
     sent = 0
-    stop_at = time.perf_counter() + seconds
-    began = time.perf_counter()
 
-    async def worker(conn: Connection) -> None:
+    async def worker(conn: Connection, stop_at: float, most: int) -> None:
         nonlocal sent
-        while sent < max_requests and time.perf_counter() < stop_at:
+        while sent < most and time.perf_counter() < stop_at:
             sent += 1
             await one(conn, rng.choice(histories))
 
-    await asyncio.gather(*(worker(c) for c in connections))
+    # warm-up, not counted: the service at this load for a while (under bf16 each new batch shape is prepared once)
+    await asyncio.gather(*(worker(c, time.perf_counter() + warm_up, 10**9) for c in connections))
+    latencies.clear()
+    errors, sent = 0, 0
+    kinds.clear()
+    began = time.perf_counter()
+    await asyncio.gather(*(worker(c, began + seconds, max_requests) for c in connections))
     elapsed = time.perf_counter() - began
     for c in connections:
         c.close()
@@ -144,22 +149,27 @@ def main() -> None:
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--seconds", type=float, default=15.0, help="time per setting at most")
     p.add_argument("--max-requests", type=int, default=2000, help="answers per setting at most")
-    p.add_argument("--threads", type=int, default=0, help="the server's torch threads (default: torch's choice)")
+    p.add_argument("--warm-up", type=float, default=2.0, help="seconds of uncounted load before each setting")
+    p.add_argument("--threads", type=int, default=0, help="the server's torch threads (default: the server's)")
     p.add_argument("--max-batch", type=int, default=64, help="the server's histories per model call")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="the server's longest wait for a batch to fill")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"), help="the server's")
     p.add_argument("--out", default="bench/results/serve.json")
     args = p.parse_args()
     run = Path(args.run)
     dataset = load_prepared(RunDir(run).prepared)
     histories = [[dataset.item_ids[i] for i in seq[:-1].tolist()] for seq in dataset.sequences if len(seq) >= 3]
-    rows = []
+    rows, servers = [], {}
     print(f"{'batched':<9}{'beam':>6}{'conc.':>7}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}")
     for batched in (True, False):
-        proc, url = start(run, batched, args.threads, args.max_batch)
+        proc, url = start(run, batched, args.threads, args.max_batch, args.max_wait_ms, args.dtype)
+        health = json.load(urllib.request.urlopen(url + "/health", timeout=10))
+        servers["batched" if batched else "unbatched"] = {key: health[key] for key in ("dtype", "threads", "batching")}
         try:
             for beam in args.beams:
                 for concurrency in args.concurrency:
                     r = asyncio.run(load(url, histories, concurrency=concurrency, beam=beam, k=args.k,
-                                         seconds=args.seconds, max_requests=args.max_requests))
+                                         seconds=args.seconds, max_requests=args.max_requests, warm_up=args.warm_up))
                     row = {"batched": batched, "beam_size": beam, "k": args.k, "concurrency": concurrency, **r}
                     rows.append(row)
                     print(f"{str(batched):<9}{beam:>6}{concurrency:>7}{r['requests_per_s']:>9}{r['p50_ms']:>9}"
@@ -176,7 +186,7 @@ def main() -> None:
     print("requests per second, batched / unbatched:", ratios)
     out = {"command": " ".join([os.path.basename(sys.executable), *sys.argv]),
            "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "machine": machine(), "versions": versions(),
-           "run": str(run), "rows": rows, "batched_over_unbatched": ratios}
+           "run": str(run), "servers": servers, "rows": rows, "batched_over_unbatched": ratios}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
     print(f"wrote {args.out}")

@@ -24,6 +24,7 @@ from importlib import resources
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+import torch
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -233,9 +234,9 @@ def create_app(rec: Recommender, *, max_batch: int = 64, max_wait_ms: float = 5.
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": type(rec.model).__name__, "source": rec.source,
                 "items": len(rec.item_ids), "methods": list(rec.methods), "version": VERSION,
-                "search": searcher is not None,
+                "search": searcher is not None, "dtype": rec.dtype, "threads": torch.get_num_threads(),
                 "batching": {"enabled": batched, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
-                             "model_calls": batcher.calls, "requests": sum(batcher.batch_sizes)}}
+                             "model_calls": batcher.calls, "requests": batcher.requests}}
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> str:
