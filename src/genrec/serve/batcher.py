@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: field equality would compare histories, for every held job
 class _Job:
     key: Hashable
     payload: Any
