@@ -160,8 +160,9 @@ class SASRecConfig:
     #                                position max_history - 1 (as in the SASRec paper's code). The defaults are the
     #                                default recipe's teacher; configs/beauty-sasrec.yaml is the stronger baseline
     #                                (2 heads, d_ff 256, "last"), which made a weaker teacher (bench/NOTES.md)
-    repeat_bias: bool = False  # a learned offset, by recency, on the logits of history items (models/repeat.py);
-    #                            a teacher with it hands its own view of history items to the student, one
+    repeat_bias: bool = False  # a learned offset, by recency, on the logits of history items (models/repeat.py),
+    #                            trained apart from the model on its detached logits (models/sasrec.py); a
+    #                            teacher with it hands its own view of history items to the student, one
     #                            without it hands them zero mass
     attention_dropout: float = -1.0  # dropout on the attention weights (< 0: the same as `dropout`)
 

@@ -142,6 +142,26 @@ def test_the_bias_is_learned_from_the_data():
     assert float(again.repeat.weight.detach()[0]) > 0.2  # half its targets repeat the item before, half do not
 
 
+def test_sasrec_trains_its_bias_apart_from_the_model():
+    """The model's own gradients are those of the same model without the bias (the bias learns from its detached
+    logits), while the bias gets one."""
+    rng = np.random.default_rng(1)
+    windows = TrainWindows([rng.choice(30, size=7, replace=False) for _ in range(8)], np.zeros(8, dtype=np.int64), 6)
+    batch = windows.batch(np.arange(len(windows)))
+    with_bias, without = tiny_sasrec(True, seed=3), tiny_sasrec(False, seed=3)
+    with torch.no_grad():
+        with_bias.repeat.weight.copy_(torch.linspace(-1.0, 1.0, 6))  # an offset that would move the model's loss
+    for model in (with_bias, without):
+        model.train()
+        model(batch).loss.backward()
+    grads = dict(without.named_parameters())
+    for name, p in with_bias.named_parameters():
+        if name.startswith("repeat."):
+            assert p.grad is not None and float(p.grad.abs().sum()) > 0
+        else:
+            torch.testing.assert_close(p.grad, grads[name].grad)
+
+
 def test_a_model_directory_saved_before_the_repeat_bias_loads_without_one(tmp_path):
     """A directory whose config predates the option (no repeat_bias key, no such weights) loads as trained."""
     model = tiny_sasrec(repeat_bias=False).eval()

@@ -2,6 +2,13 @@
 cross-entropy over the whole catalogue at every position. The strong ID-based baseline beside TIGER, trained
 through the same data, splits, trainer and evaluator, and the collab stage's source of item embeddings.
 
+The optional repeat bias (`models/repeat.py`) is trained apart from the model: its own cross-entropy on the
+model's detached logits plus the offsets. Trained jointly it took over the push that trains the tied embeddings
+away from the items just seen (each history item is a negative at every later position), and the model itself
+got worse (bench/NOTES.md); apart, the model trains exactly as without it (but for gradient clipping's shared
+norm), and the bias learns only how likely the data makes a repeat, which matters where history items stay in
+the ranking.
+
 Shapes: B users, T history positions, D d_model, N catalogue items.
 """
 
@@ -85,15 +92,22 @@ class SASRec(nn.Module, Pretrained):
     def logits(self, h: Tensor) -> Tensor:  # [..., D] -> [..., N] (item embeddings tied to the output)
         return h @ self.item_embeddings().T
 
-    def next_logits(self, history: Tensor, live: Tensor | None) -> tuple[Tensor, Tensor]:
-        """history [B, T] -> float logits of the item after each position where live [B, T] is true, or after the
-        last position (live None): [n, N]; and the history items each row has seen [n, T] (-1 elsewhere)."""
+    def raw_logits(self, history: Tensor, live: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """history [B, T] -> float logits without the repeat bias of the item after each position where live
+        [B, T] is true, or after the last position (live None): [n, N]; with each row's history items and how
+        long ago each was seen [n, T] (`repeat.seen_rows`)."""
         h = self.hidden(history)  # [B, T, D]
         items, ago = seen_rows(history, live)  # [n, T]
-        z = self.logits(h[:, -1] if live is None else h[live]).float()
-        if self.repeat is not None:
-            z = z.scatter_add(1, items.clamp(min=0), self.repeat(ago))
-        return z, torch.where(ago >= 0, items, -1)
+        return self.logits(h[:, -1] if live is None else h[live]).float(), items, ago
+
+    def with_repeat(self, z: Tensor, items: Tensor, ago: Tensor) -> Tensor:
+        return z.scatter_add(1, items.clamp(min=0), self.repeat(ago)) if self.repeat is not None else z
+
+    def next_logits(self, history: Tensor, live: Tensor | None) -> tuple[Tensor, Tensor]:
+        """`raw_logits` with the repeat bias added: [n, N]; and the history items each row has seen [n, T] (-1
+        elsewhere)."""
+        z, items, ago = self.raw_logits(history, live)
+        return self.with_repeat(z, items, ago), torch.where(ago >= 0, items, -1)
 
     def forward(self, batch: Batch, *, label_smoothing: float = 0.0, teacher: Tensor | None = None,
                 distill: float = 0.0) -> Output:
@@ -102,11 +116,13 @@ class SASRec(nn.Module, Pretrained):
         assert targets is not None and teacher is None
         if targets.ndim == 2:
             live = targets >= 0
-            z, _ = self.next_logits(batch.history, live)
+            z, items, ago = self.raw_logits(batch.history, live)
             targets = targets[live]  # [n]
         else:
-            z, _ = self.next_logits(batch.history[:, -self.max_history :], None)
+            z, items, ago = self.raw_logits(batch.history[:, -self.max_history :], None)
         loss = F.cross_entropy(z, targets, label_smoothing=label_smoothing)
+        if self.repeat is not None:  # trained apart, on the model's detached logits: the model learns as without it
+            loss = loss + F.cross_entropy(self.with_repeat(z.detach(), items, ago), targets)
         return Output(loss=loss, logits=[z])
 
     @torch.no_grad()
