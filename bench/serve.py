@@ -4,7 +4,8 @@ and beam widths, with dynamic batching on and off, side by side in one run.
     GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=100000000000 \
         python bench/serve.py [--run runs/bench-beauty] [--concurrency 1 8 32 128] [--beams 20 100] [-k 10]
                               [--seconds 15] [--max-requests 2000] [--warm-up 2] [--out bench/results/serve.json]
-                              [--threads N] [--dtype auto] [--max-batch 64] [--max-wait-ms 5]
+                              [--threads N] [--dtype auto] [--unbatched-dtype float32] [--max-batch 64]
+                              [--max-wait-ms 5]
 
 A fresh `genrec serve` process (a real uvicorn server) is started on the run with batching on, then one with it
 off, each with the service's defaults unless given. Each setting is first warmed up with `--warm-up` seconds of
@@ -153,7 +154,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="the server's torch threads (default: the server's)")
     p.add_argument("--max-batch", type=int, default=64, help="the server's histories per model call")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="the server's longest wait for a batch to fill")
-    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"), help="the server's")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"), help="the batched server's")
+    p.add_argument("--unbatched-dtype", default="float32", choices=("auto", "float32", "bfloat16"),
+                   help="the unbatched server's (default float32: one history at a time is fastest in float32, and "
+                        "batching is compared with the unbatched service at its best)")
     p.add_argument("--out", default="bench/results/serve.json")
     args = p.parse_args()
     run = Path(args.run)
@@ -162,7 +166,8 @@ def main() -> None:
     rows, servers = [], {}
     print(f"{'batched':<9}{'beam':>6}{'conc.':>7}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}")
     for batched in (True, False):
-        proc, url = start(run, batched, args.threads, args.max_batch, args.max_wait_ms, args.dtype)
+        proc, url = start(run, batched, args.threads, args.max_batch, args.max_wait_ms,
+                          args.dtype if batched else args.unbatched_dtype)
         health = json.load(urllib.request.urlopen(url + "/health", timeout=10))
         servers["batched" if batched else "unbatched"] = {key: health[key] for key in ("dtype", "threads", "batching")}
         try:
