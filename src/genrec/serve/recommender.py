@@ -11,7 +11,8 @@ directory adds its users' sequences. The defaults are the CLI's and the evaluato
 from the ranking, the model's default ranking method is used, and `dtype="auto"` runs the model in bfloat16 where
 the CPU computes it natively (as `genrec evaluate` does; about twice the throughput on large batches).
 Histories are always padded to the model's history length, so a call's shapes depend only on how many histories
-it ranks: bf16 kernels are prepared once per shape, and the same history gets the same answer in any batch.
+it ranks (bf16 kernels are prepared once per shape); on Beauty, 200 test histories ranked together and one at a
+time gave the same lists in both number formats.
 """
 
 from __future__ import annotations
