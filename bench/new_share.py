@@ -1,18 +1,21 @@
-"""The new items' share of the dense ranking (method `newshare-S`), chosen on validation, on a finished run of the
-new-item protocol (`bench/cold.py`).
+"""The new items' share of the dense ranking (methods `newshare-S` and `newtext-S`), chosen on validation, on a
+finished run of the new-item protocol (`bench/cold.py`).
 
     GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=100000000000 \
         python bench/new_share.py [--run runs/bench-cold] [--shares 1 2 3 5 8 12 20] [--threads N]
-                                  [--out bench/results/new_share.json]
+                                  [--families newshare newtext] [--out bench/results/new_share.json]
 
 The dense head never saw a new item as a target, so nothing in training tells it how often one comes next.
 `newshare-S` puts S% of the probability on the new items (spread among them as the head spreads it) and the rest
-on the known items. Each S is evaluated on the validation users (all, in-set and cold slices, history removed);
-two choices are then evaluated on test under both protocols, beside the plain dense ranking: the S with the best
-validation NDCG@10 over all users (or the plain dense ranking, if it is better), and the S with the best
-validation NDCG@10 over all users among those whose cold users get at least the content baseline's validation
-R@10 and NDCG@10 (new items served at least as well as text similarity serves them). JSON: "valid" (one row per S), "chosen",
-"content_valid_cold", "chosen_serving_cold", "test" (metrics, with "with_history/..." for history kept), "command", "machine", "versions".
+on the known items; `newtext-S` spreads the new items' S by their text's likeness to the last 3 history items'
+(as the content baseline ranks) instead of the head's scores. Each method and S is evaluated on the validation
+users (all, in-set and cold slices, history removed); two choices are then evaluated on test under both
+protocols, beside the plain dense ranking: the method with the best validation NDCG@10 over all users (or the
+plain dense ranking, if it is better), and the method with the best validation NDCG@10 over all users among those
+whose cold users get at least the content baseline's validation R@10 and NDCG@10 (new items served at least as
+well as text similarity serves them). JSON: "valid" (one row per method), "chosen", "content_valid_cold",
+"chosen_serving_cold", "test" (metrics, with "with_history/..." for history kept), "command", "machine",
+"versions".
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ def main() -> None:
     p.add_argument("--run", default="runs/bench-cold", help="the finished new-item run")
     p.add_argument("--shares", type=int, nargs="+", default=[1, 2, 3, 5, 8, 10, 12, 15, 20],
                    help="percentages to try")
+    p.add_argument("--families", nargs="+", default=["newshare", "newtext"], choices=("newshare", "newtext"))
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     p.add_argument("--out", default="bench/results/new_share.json")
     args = p.parse_args()
@@ -66,7 +70,7 @@ def main() -> None:
     start = time.perf_counter()
     valid = []
     print(f"{'method':<14}" + "".join(f"{s + '/' + k:>20}" for s in ("all", "in", "cold") for k in KEYS[::2]))
-    for name in ("dense", *(f"newshare-{s}" for s in args.shares)):
+    for name in ("dense", *(f"{f}-{s}" for f in args.families for s in args.shares)):
         m = evaluate("valid", (name,), True)
         row = {"method": name, "share": None if name == "dense" else int(name.split("-")[1]) / 100,
                **{f"{part}/{k}": m[f"valid/{name}{'' if part == 'all' else '/' + part}/{k}"]

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from genrec.data.batches import Batch
 from genrec.ids.catalog import Catalog
 from genrec.models.checkpoint import save_model
+from genrec.models.content import ContentBaseline
 from genrec.models.dense import dense_log_probs, fusion_scores, hybrid_scores, new_share_log_probs
 from genrec.models.tiger import Tiger
 from genrec.models.types import offers
@@ -113,7 +114,7 @@ def test_a_model_directory_carries_the_text_and_the_new_items(tmp_path):
     catalog = Catalog([f"i{i}" for i in range(40)], [{} for _ in range(40)], codes, 3)
     save_model(model, tmp_path / "m", catalog=catalog)
     loaded = Tiger.from_pretrained(tmp_path / "m")
-    assert loaded.methods == ("generative", "exact", "dense", "hybrid", "fusion", "newshare")
+    assert loaded.methods == ("generative", "exact", "dense", "hybrid", "fusion", "newshare", "newtext")
     assert torch.equal(loaded.text.item_text, model.text.item_text)
     assert loaded.dense.new_items.nonzero()[:, 0].tolist() == [3, 17, 29]
     batch = random_batch(40, 4, seed=2)
@@ -140,6 +141,7 @@ def test_fusion_adds_the_generative_and_dense_log_probabilities_of_the_same_cand
     ("hybrid-0", False), ("hybrid-040", False), ("hybrid-1001", False), ("hybrid-100000000", False),
     ("hybrid-\u00b2", False), ("generative-5", False), ("exact-3", False), ("dense-2", False), ("hybrid-", False),
     ("newshare", True), ("newshare-5", True), ("newshare-99", True), ("newshare-100", False), ("newshare-0", False),
+    ("newtext", True), ("newtext-10", True), ("newtext-100", False),
 ])
 def test_only_the_hybrid_methods_take_a_size_and_only_a_sane_one(name, offered):
     model = dense_model()
@@ -190,3 +192,24 @@ def test_newshare_puts_its_share_on_the_new_items_spread_as_the_dense_head_sprea
                                new_share_log_probs(model, batch, 3 / 40, False).sort(1, descending=True).values)
     model.dense.new_items.zero_()  # no new items: the dense ranking itself
     torch.testing.assert_close(new_share_log_probs(model, batch, 0.2, True), dense_log_probs(model, batch, True))
+
+
+def test_newtext_spreads_the_new_items_share_by_text_likeness_to_the_last_items():
+    """newtext-S: the known items as newshare-S has them; the new items' S spread by softmax over the new items of
+    the content baseline's cosine (mean text of the last 3 history items) over the dense head's temperature."""
+    model = dense_model()  # items 3, 17 and 29 are new
+    batch = random_batch(40, 5, seed=23)
+    new = model.dense.new_items
+    with torch.no_grad():
+        got = new_share_log_probs(model, batch, 0.2, False, by_text=True)
+        shared = new_share_log_probs(model, batch, 0.2, False)
+    torch.testing.assert_close(got[:, ~new], shared[:, ~new])
+    cosine = ContentBaseline(model.text.item_text, max_history=model.max_history).score(batch, False)  # [B, N]
+    want = 0.2 * torch.softmax(cosine[:, new] / model.dense.temperature, dim=1)
+    torch.testing.assert_close(got.exp()[:, new], want, atol=1e-6, rtol=1e-4)
+    assert not torch.allclose(got[:, new], shared[:, new])  # not the head's own spread
+    method = model.ranking("newtext-20")
+    assert method.complete and method.name == "newtext-20"
+    torch.testing.assert_close(method.recommend(batch, 40, False)[1], got.sort(1, descending=True).values)
+    removed = new_share_log_probs(model, batch, 0.2, True, by_text=True)
+    assert torch.equal(torch.isinf(removed), torch.isinf(dense_log_probs(model, batch, True)))

@@ -14,6 +14,15 @@ from genrec.models.types import RankingMethod
 from genrec.search import drop_items, ranks_in_scores
 
 
+def recent_text_cosines(item_text: Tensor, history: Tensor) -> Tensor:
+    """item_text [N, E] (L2-normalised), history [B, r] (-1: padding) -> the cosine of every item's text with the
+    mean of the history items' [B, N], in float32."""
+    with torch.autocast(item_text.device.type, enabled=False):
+        valid = (history >= 0).float()[..., None]
+        query = (item_text[history.clamp(min=0)].float() * valid).sum(1)  # [B, E]
+        return F.normalize(query, dim=-1) @ item_text.float().T  # [B, N]
+
+
 class ContentBaseline(nn.Module):
     methods = ("content",)
     uses_sids = False
@@ -25,10 +34,7 @@ class ContentBaseline(nn.Module):
 
     def score(self, batch: Batch, exclude_history: bool) -> Tensor:
         """Cosine of every item with the mean of the last `recent` history items' text: [B, N]."""
-        history = batch.history[:, -min(self.recent, self.max_history) :]  # [B, r]
-        valid = (history >= 0).float()[..., None]
-        query = (self.item_text[history.clamp(min=0)] * valid).sum(1)  # [B, E]
-        scores = F.normalize(query, dim=-1) @ self.item_text.T  # [B, N]
+        scores = recent_text_cosines(self.item_text, batch.history[:, -min(self.recent, self.max_history) :])
         return drop_items(scores, batch.history[:, -self.max_history :]) if exclude_history else scores
 
     def ranking(self, name: str) -> RankingMethod:

@@ -16,7 +16,8 @@ that generates semantic IDs can also score every item, new ones included.
   `fusion-K` (the same candidates ranked by the sum of the two log-probabilities, generative and dense; a new
   item's generative log-probability is teacher-forced when beam search did not reach it), and `newshare-S`
   (the dense ranking with S% of its probability on the new items, spread among them as the head spreads it;
-  plain `newshare`: their share of the catalogue): complete.
+  plain `newshare`: their share of the catalogue) and `newtext-S` / `newtext` (the same, the new items' share
+  spread by their text's likeness to the history's, as the content baseline ranks): complete.
 """
 
 from __future__ import annotations
@@ -30,12 +31,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genrec.data.batches import Batch
+from genrec.models.content import recent_text_cosines
 from genrec.models.repeat import RepeatBias, seen_rows
 from genrec.models.types import RankingMethod, method_parameter
 from genrec.search import beam_search, drop_items, ranks_in_scores
 
 if TYPE_CHECKING:
     from genrec.models.tiger import Tiger
+
+RECENT = 3  # newtext: the history items whose text the new items are compared with (as the content baseline)
 
 
 class ItemText(nn.Module):
@@ -91,17 +95,26 @@ def dense_log_probs(model: Tiger, batch: Batch, exclude_history: bool) -> Tensor
     return drop_items(scores, history) if exclude_history else scores
 
 
-def new_share_log_probs(model: Tiger, batch: Batch, share: float, exclude_history: bool) -> Tensor:
+def new_share_log_probs(model: Tiger, batch: Batch, share: float, exclude_history: bool,
+                        by_text: bool = False) -> Tensor:
     """The dense head's distribution with a set share of its mass on the new items [B, N]: the known items get
-    (1 - share) spread as the head spreads it among them, the new items `share` spread likewise among them. The
-    head has never seen a new item as a target, so it cannot know how often one is next; `share` says it."""
+    (1 - share) spread as the head spreads it among them, the new items `share` spread likewise among them, or
+    (`by_text`) by the likeness of their text to the last RECENT history items' (cosine over the head's
+    temperature, as the content baseline ranks). The head has never seen a new item as a target, so it cannot
+    know how often one is next; `share` says it. Nor has it learned how to tell new items apart, which text
+    likeness does without training."""
     z, history = dense_logits(model, batch)
     new = model.dense.new_items
     if not bool(new.any()):
         scores = F.log_softmax(z, dim=-1)
     else:
+        spread = z
+        if by_text:
+            assert model.text is not None
+            text = F.normalize(model.text.item_text.float(), dim=-1)
+            spread = recent_text_cosines(text, history[:, -RECENT:]) / model.dense.temperature
         old = F.log_softmax(z.masked_fill(new, float("-inf")), dim=-1) + math.log1p(-share)
-        fresh = F.log_softmax(z.masked_fill(~new, float("-inf")), dim=-1) + math.log(share)
+        fresh = F.log_softmax(spread.masked_fill(~new, float("-inf")), dim=-1) + math.log(share)
         scores = torch.where(new, fresh, old)
     return drop_items(scores, history) if exclude_history else scores
 
@@ -125,7 +138,8 @@ def dense_method(model: Tiger) -> RankingMethod:
 
 
 def new_share_method(model: Tiger, name: str, share: float) -> RankingMethod:
-    return complete_method(name, lambda batch, exclude: new_share_log_probs(model, batch, share, exclude))
+    by_text = name.startswith("newtext")
+    return complete_method(name, lambda batch, exclude: new_share_log_probs(model, batch, share, exclude, by_text))
 
 
 def hybrid_scores(model: Tiger, batch: Batch, candidates: int, exclude_history: bool) -> Tensor:
@@ -181,12 +195,12 @@ def dense_ranking(model: Tiger, name: str) -> RankingMethod | None:
         return dense_method(model)
     if name in ("hybrid", "fusion"):  # beam top K + new items, re-ranked
         return hybrid_method(model, name, model.cfg.hybrid_candidates, fuse=name == "fusion")
-    if name == "newshare":  # the new items' share of the catalogue
+    if name in ("newshare", "newtext"):  # the new items' share of the catalogue
         new = model.dense.new_items
         return new_share_method(model, name, max(float(new.float().mean()), 1.0 / new.numel()))
     size = method_parameter(name)
     if size is None:
         return None
-    if name.startswith("newshare-"):
+    if name.startswith(("newshare-", "newtext-")):
         return new_share_method(model, name, size / 100.0)
     return hybrid_method(model, name, size, fuse=name.startswith("fusion"))  # hybrid-K, fusion-K

@@ -92,10 +92,11 @@ class Tiger(nn.Module, Pretrained):
     @classmethod
     def offered_methods(cls, cfg: TigerConfig) -> tuple[str, ...]:
         """Beam search (the default) and exact scoring; with a dense head also dense, hybrid and fusion (-<K>), and
-        newshare (-<S>)."""
+        newshare and newtext (-<S>)."""
         if cfg.dense_weight > 0 and cfg.generative_weight == 0:  # only the dense head learns: it is the default
-            return ("dense", "generative", "exact", "hybrid", "fusion", "newshare")
-        return ("generative", "exact") + (("dense", "hybrid", "fusion", "newshare") if cfg.dense_weight > 0 else ())
+            return ("dense", "generative", "exact", "hybrid", "fusion", "newshare", "newtext")
+        return ("generative", "exact") + (("dense", "hybrid", "fusion", "newshare", "newtext")
+                                          if cfg.dense_weight > 0 else ())
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return {"level_sizes": self.level_sizes, "max_history": self.max_history,

@@ -49,14 +49,14 @@ class RankingMethod:
     list_size: int = 0  # a top list's most items whatever the beam (0: as many as the beam size)
 
 
-PARAMETRIC = ("hybrid", "fusion", "newshare")  # methods that take a number, written <method>-<n> (hybrid-40)
+PARAMETRIC = ("hybrid", "fusion", "newshare", "newtext")  # methods that take a number, written <method>-<n> (hybrid-40)
 MAX_PARAMETER = 1000
-MAX_OF = {"newshare": 99}  # a percentage
+MAX_OF = {"newshare": 99, "newtext": 99}  # a percentage
 
 
 def method_parameter(name: str) -> int | None:
     """The number of a method name written `<method>-<n>` for a method that takes one (hybrid-40 -> 40), n in
-    1..1000 (1..99 for newshare, a percentage) without leading zeros; None for any other name."""
+    1..1000 (1..99 for newshare and newtext, a percentage) without leading zeros; None for any other name."""
     match = re.fullmatch(r"([a-z]+)-([1-9][0-9]{0,3})", name)
     if match is None or match.group(1) not in PARAMETRIC \
             or int(match.group(2)) > MAX_OF.get(match.group(1), MAX_PARAMETER):
