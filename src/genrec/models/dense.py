@@ -39,6 +39,7 @@ from genrec.search import beam_search, drop_items, ranks_in_scores
 if TYPE_CHECKING:
     from genrec.models.tiger import Tiger
 
+DENSE_METHODS = ("dense", "hybrid", "fusion", "newshare", "newtext")  # what a model with a dense head offers
 RECENT = 3  # newtext: the history items whose text the new items are compared with (as the content baseline)
 
 

@@ -24,7 +24,7 @@ from genrec.errors import GenrecError
 from genrec.ids.trie import Trie, build_trie
 from genrec.models.code_losses import (code_distributions, masked_cross_entropy, training_child_mask,
                                        without_new_items)
-from genrec.models.dense import DenseHead, ItemText, dense_ranking
+from genrec.models.dense import DENSE_METHODS, DenseHead, ItemText, dense_ranking
 from genrec.models.layers import DecoderLayer, EncoderLayer, Memory
 from genrec.models.pretrained import Pretrained
 from genrec.models.repeat import RepeatBias, child_offsets, history_nodes, seen_rows
@@ -94,9 +94,8 @@ class Tiger(nn.Module, Pretrained):
         """Beam search (the default) and exact scoring; with a dense head also dense, hybrid and fusion (-<K>), and
         newshare and newtext (-<S>)."""
         if cfg.dense_weight > 0 and cfg.generative_weight == 0:  # only the dense head learns: it is the default
-            return ("dense", "generative", "exact", "hybrid", "fusion", "newshare", "newtext")
-        return ("generative", "exact") + (("dense", "hybrid", "fusion", "newshare", "newtext")
-                                          if cfg.dense_weight > 0 else ())
+            return ("dense", "generative", "exact") + DENSE_METHODS[1:]
+        return ("generative", "exact") + (DENSE_METHODS if cfg.dense_weight > 0 else ())
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return {"level_sizes": self.level_sizes, "max_history": self.max_history,
