@@ -14,8 +14,8 @@ protocols, beside the plain dense ranking: the method with the best validation N
 plain dense ranking, if it is better), and the method with the best validation NDCG@10 over all users among those
 whose cold users get at least the content baseline's validation R@10 and NDCG@10 (new items served at least as
 well as text similarity serves them). JSON: "valid" (one row per method), "chosen", "content_valid_cold",
-"chosen_serving_cold", "test" (metrics, with "with_history/..." for history kept), "command", "machine",
-"versions".
+"chosen_serving_cold", "test" (metrics of those methods and of the content baseline, with "with_history/..." for
+history kept), "command", "machine", "versions".
 """
 
 from __future__ import annotations
@@ -93,9 +93,12 @@ def main() -> None:
     for exclude, prefix in ((True, ""), (False, "with_history/")):
         m = evaluate("test", names, exclude)
         test.update({prefix + k: v for k, v in m.items()})
+        m = evaluate_workspace(content, ws, e, DistInfo(), split="test", beam_size=e.beam_size, ks=(10, 20),
+                               methods=("content",), exclude_history=exclude, cold_slices=True).metrics
+        test.update({prefix + k: v for k, v in m.items()})
     print(f"chosen on validation: {chosen} (best NDCG@10 over all users), {served} (best with cold users served at "
           f"least as well as by the content baseline); test (history removed):")
-    for name in names:
+    for name in (*names, "content"):
         parts = []
         for part in ("all", "in", "cold"):
             head = f"test/{name}" + ("" if part == "all" else f"/{part}")

@@ -15,10 +15,10 @@ from genrec.data.batches import Batch
 from genrec.data.splits import EvalSet
 from genrec.errors import GenrecError
 from genrec.evaluation.evaluator import evaluate_split, format_table, repeat_share
-from genrec.precision import resolve_dtype
 from genrec.ids.trie import build_trie
 from genrec.models.content import ContentBaseline
 from genrec.models.sasrec import SASRec
+from genrec.precision import resolve_dtype
 from genrec.search import beam_search
 
 from tiny_tiger import brute_force_scores, collision_catalog, tiny_model
@@ -160,3 +160,15 @@ def test_the_content_baseline_ranks_by_the_cosine_with_its_recent_history():
                             exclude_history=True)
     for key, value in metrics_from_ranks(ranks, "test", "content", (1, 5, 10)).items():
         assert result.metrics[key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_the_content_baseline_scores_in_float32_under_bf16_autocast():
+    """The evaluator runs models under bf16 autocast where the CPU has it; bf16 cosines (8 bits of mantissa) tie
+    many items with the target, and a rank counts only items scoring strictly higher, so ties would flatter it."""
+    torch.manual_seed(1)
+    model = ContentBaseline(torch.randn(500, 32), max_history=5)
+    batch = Batch(torch.zeros(4, dtype=torch.long), torch.randint(0, 500, (4, 5)))
+    plain = model.score(batch, True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = model.score(batch, True)
+    assert auto.dtype == torch.float32 and torch.equal(auto, plain)
