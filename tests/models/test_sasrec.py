@@ -150,3 +150,15 @@ def test_attention_dropout_is_its_own_setting():
     plain = SASRec(cfg=dataclasses.replace(base, dropout=0.0, attention_dropout=0.0), num_items=10, max_history=6)
     plain.train()
     assert torch.equal(plain.hidden(history), plain.hidden(history))
+
+
+def test_scores_are_float32_products_under_bf16_autocast():
+    """The evaluator runs under bf16 autocast where the CPU has it; the catalogue's logits stay float32 products of
+    the (bf16-computed) state with the item embeddings, since bf16 logits would tie items with the target."""
+    model = tiny_sasrec(n_items=500).eval()
+    history = torch.randint(0, 500, (4, 6))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        h = model.hidden(history)[:, -1]
+        z, _ = model.next_logits(history, None)
+    assert z.dtype == torch.float32
+    torch.testing.assert_close(z, h.float() @ model.item_embeddings().float().T, rtol=0, atol=0)

@@ -89,8 +89,11 @@ class SASRec(nn.Module, Pretrained):
             x = layer(x, mask)
         return self.norm(x)
 
-    def logits(self, h: Tensor) -> Tensor:  # [..., D] -> [..., N] (item embeddings tied to the output)
-        return h @ self.item_embeddings().T
+    def logits(self, h: Tensor) -> Tensor:
+        """[..., D] -> [..., N] (item embeddings tied to the output), in float32 even under bf16 autocast: bf16
+        logits would tie many items with the target, and a rank counts only the items scoring strictly higher."""
+        with torch.autocast(h.device.type, enabled=False):
+            return h.float() @ self.item_embeddings().float().T
 
     def raw_logits(self, history: Tensor, live: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         """history [B, T] -> float logits without the repeat bias of the item after each position where live
