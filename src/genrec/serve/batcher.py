@@ -6,9 +6,10 @@ others are on their way (accepted by the service but not yet queued: `arriving`)
 load (its previous model call took more than one request), so a lone request is never delayed. Under load the
 wait pays: the callers answered by the previous call are sending their next requests, and one call of about 32
 instead of two alternating calls of 16 ranks each history for less (on Beauty, 2 cores, 32 clients, beam 20:
-723-810 requests/s against 688, p99 53-61 ms against 58; bench/NOTES.md). Only requests with the same key (ranking method, k, beam, whether history is removed) share a call. Every model call runs on one worker
-thread, so two calls never run at once on the same weights (they would share the same cores and each go slower);
-the event loop stays free to accept requests meanwhile. With `batched=False` every request is its own call (the
+723-810 requests/s against 688, p99 53-61 ms against 58; bench/NOTES.md). Only requests with the same key
+(ranking method, k, beam, whether history is removed) share a call. Every model call runs on one worker thread,
+so two calls never run at once on the same weights (they would share the same cores and each go slower); the
+event loop stays free to accept requests meanwhile. With `batched=False` every request is its own call (the
 baseline the benchmark compares with).
 """
 
