@@ -149,6 +149,10 @@ def _serve(args: argparse.Namespace) -> int:
         searcher = Searcher.load(args.path)
     app = create_app(rec, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, batched=not args.no_batching,
                      searcher=searcher)
+    logging.getLogger("genrec.serve").info(
+        "%s: %d items, methods %s, %s on %d thread(s), %s", args.path, len(rec.item_ids), ", ".join(rec.methods),
+        rec.dtype, torch.get_num_threads(), f"batches of up to {args.max_batch} waiting up to {args.max_wait_ms} ms"
+        if not args.no_batching else "no batching")
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=30)
     return 0
 

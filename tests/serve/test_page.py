@@ -6,6 +6,7 @@ the service shuts down cleanly."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -151,3 +152,5 @@ def test_sigterm_shuts_the_service_down_cleanly(server):
     assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
     text = log.read_text()
     assert "Shutting down" in text and "Application shutdown complete" in text and "Traceback" not in text
+    # the startup line says what is served and how
+    assert re.search(r": \d+ items, methods generative, .*(float32|bfloat16) on 1 thread\(s\), batches of up to 64 ", text)
