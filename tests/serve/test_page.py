@@ -153,4 +153,5 @@ def test_sigterm_shuts_the_service_down_cleanly(server):
     text = log.read_text()
     assert "Shutting down" in text and "Application shutdown complete" in text and "Traceback" not in text
     # the startup line says what is served and how
-    assert re.search(r": \d+ items, methods generative, .*(float32|bfloat16) on 1 thread\(s\), batches of up to 64 ", text)
+    startup = r": \d+ items, methods generative, .*(float32|bfloat16) on 1 thread\(s\), batches of up to 64 "
+    assert re.search(startup, text)
