@@ -101,7 +101,7 @@ class SASRec(nn.Module, Pretrained):
         long ago each was seen [n, T] (`repeat.seen_rows`)."""
         h = self.hidden(history)  # [B, T, D]
         items, ago = seen_rows(history, live)  # [n, T]
-        return self.logits(h[:, -1] if live is None else h[live]).float(), items, ago
+        return self.logits(h[:, -1] if live is None else h[live]), items, ago
 
     def with_repeat(self, z: Tensor, items: Tensor, ago: Tensor) -> Tensor:
         return z.scatter_add(1, items.clamp(min=0), self.repeat(ago)) if self.repeat is not None else z
