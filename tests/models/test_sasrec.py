@@ -75,7 +75,7 @@ def test_recommend_is_the_exact_top_k_and_can_exclude_history():
     kept[0, [3, 4]] = kept[1, [1, 2, 5, 6]] = float("-inf")
     ref_top, ref_items = kept.topk(26, dim=1)
     assert torch.equal(items[:, :26], ref_items) and torch.equal(top[:, :26], ref_top)
-    # target ranks: items scoring strictly higher; a history target is a miss once the history is excluded
+    # target ranks: items scoring higher; a history target is a miss once the history is excluded
     targets = torch.tensor([4, int(ref_items[1, 3])])
     ranks = method.target_ranks(Batch(batch.users, history, targets), 30, True)
     assert ranks[0] == MISS and ranks[1] == 3

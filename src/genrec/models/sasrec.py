@@ -91,7 +91,7 @@ class SASRec(nn.Module, Pretrained):
 
     def logits(self, h: Tensor) -> Tensor:
         """[..., D] -> [..., N] (item embeddings tied to the output), in float32 even under bf16 autocast: bf16
-        logits would tie many items with the target, and a rank counts only the items scoring strictly higher."""
+        logits would tie many items with one another and blur the ranking."""
         with torch.autocast(h.device.type, enabled=False):
             return h.float() @ self.item_embeddings().float().T
 

@@ -25,9 +25,13 @@ def drop_items(scores: Tensor, items: Tensor) -> Tensor:
 
 
 def ranks_in_scores(scores: Tensor, targets: Tensor, k: int | None = None) -> Tensor:
-    """scores [B, N] over the whole catalogue -> 0-based rank of each target [B]: the items scoring strictly
-    higher. MISS for a target scored -inf (removed from the ranking) or, with k, ranked k or lower."""
+    """scores [B, N] over the whole catalogue -> 0-based rank of each target [B]: the items scoring higher, and
+    those tied with it that come before it in item order (ties broken by item index, as a sorted list would
+    break them; counting only the items strictly higher would hand the target every tie, which flatters a method
+    whose scores tie often, such as any scored in bf16). MISS for a target scored -inf (removed from the ranking)
+    or, with k, ranked k or lower."""
     own = scores.gather(1, targets[:, None])
-    ranks = (scores > own).sum(1)
+    before = torch.arange(scores.shape[1], device=scores.device)[None] < targets[:, None]  # [B, N]
+    ranks = (scores > own).sum(1) + ((scores == own) & before).sum(1)
     out = torch.isfinite(own[:, 0]) if k is None else (ranks < k) & torch.isfinite(own[:, 0])
     return torch.where(out, ranks, torch.full_like(ranks, MISS))
