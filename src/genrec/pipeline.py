@@ -89,7 +89,7 @@ LATER = {
     "model.tiger": {"text_input": False, "dense_weight": 0.0, "generative_weight": 1.0, "dense_item": "text+codes",
                     "dense_temperature": 0.07, "hybrid_candidates": 20},
     "model.sasrec": {"attention_dropout": -1.0},
-    "train": {"adam_beta2": 0.98, "target_weights": "batch"},
+    "train": {"adam_beta2": 0.98, "target_weights": "batch", "batch_order": "length"},
 }
 
 

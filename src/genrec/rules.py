@@ -26,6 +26,7 @@ def validate(cfg: Config) -> None:
         "model.sasrec.positions_from": (s.positions_from, ("first", "last")),
         "train.dtype": (t.dtype, ("float32", "bfloat16")),
         "train.target_weights": (t.target_weights, ("batch", "equal")),
+        "train.batch_order": (t.batch_order, ("length", "random")),
         "evaluate.dtype": (e.dtype, ("auto", "float32", "bfloat16")),
         "query.pooled_match": (cfg.query.pooled_match, ("none", "mean", "max")),
     }

@@ -219,7 +219,7 @@ def train(cfg: Config, run: RunDir, out_dir: Path, dist: DistInfo) -> dict[str, 
     autocast = precision.autocast(t.dtype, torch.device(dist.device).type)
     log = TrainLog(out_dir, dist.is_main, resume_step=state["step"])
     metric_key = f"valid/{model.methods[0]}/{t.select_metric}"
-    batches = examples.epoch_batches(state["epoch"], t.batch_size, t.seed)
+    batches = examples.epoch_batches(state["epoch"], t.batch_size, t.seed, t.batch_order)
     mean_targets = t.batch_size * examples.num_targets(np.arange(len(examples))) / len(examples)
     logger.info("training on %d %s (%d batches of %d per epoch), %d parameters", len(examples),
                 "sequence windows" if model.all_positions else "examples", len(batches), t.batch_size,
@@ -231,7 +231,7 @@ def train(cfg: Config, run: RunDir, out_dir: Path, dist: DistInfo) -> dict[str, 
     while not stop:
         if state["cursor"] >= len(batches):
             state["epoch"], state["cursor"] = state["epoch"] + 1, 0
-            batches = examples.epoch_batches(state["epoch"], t.batch_size, t.seed)
+            batches = examples.epoch_batches(state["epoch"], t.batch_size, t.seed, t.batch_order)
         global_index = batches[state["cursor"]]
         index = global_index[dist.rank :: dist.world_size]
         state["cursor"] += 1

@@ -54,6 +54,18 @@ def test_epoch_batches_cover_every_example_once_and_depend_on_seed_and_epoch():
     assert not all(np.array_equal(a, b) for a, b in zip(batches, examples.epoch_batches(1, 16, seed=1)))
 
 
+def test_length_ordered_batches_hold_similar_lengths_and_random_ones_mix_them():
+    rng = np.random.default_rng(0)
+    train = [rng.integers(0, 50, rng.integers(2, 15)) for _ in range(400)]
+    examples = TrainExamples(train, np.zeros(400, dtype=np.int64), max_history=8)
+    spread = lambda bs: np.mean([np.ptp(examples.history_len[b]) for b in bs])  # noqa: E731  lengths in a batch
+    grouped, mixed = examples.epoch_batches(0, 16, 1), examples.epoch_batches(0, 16, 1, "random")
+    assert spread(grouped) <= 1.0 and spread(mixed) >= 5.0  # histories are 1 to 8 long
+    flat = np.concatenate(mixed)
+    assert len(set(flat.tolist())) == len(flat) == len(examples) // 16 * 16  # each once, but the tail
+    assert all(np.array_equal(a, b) for a, b in zip(mixed, examples.epoch_batches(0, 16, 1, "random")))
+
+
 def test_eval_batches_shard_users_and_truncate_histories():
     histories = [np.arange(n) + 10 * u for u, n in enumerate([3, 1, 5, 2, 4, 6, 1])]
     targets = np.arange(7) + 100

@@ -83,9 +83,10 @@ class TrainExamples:
     def __len__(self) -> int:
         return len(self.seq_index)
 
-    def epoch_batches(self, epoch: int, batch_size: int, seed: int) -> list[np.ndarray]:
-        """One epoch as global batches of example indices, grouped by history length (little padding)."""
-        return _length_grouped(self.history_len, epoch, batch_size, seed)
+    def epoch_batches(self, epoch: int, batch_size: int, seed: int, order: str = "length") -> list[np.ndarray]:
+        """One epoch as global batches of example indices, grouped by history length (little padding) or, with
+        order "random", drawn uniformly."""
+        return _epoch_batches(self.history_len, epoch, batch_size, seed, order)
 
     def num_targets(self, index: np.ndarray) -> int:
         return len(index)
@@ -126,8 +127,8 @@ class TrainWindows:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def epoch_batches(self, epoch: int, batch_size: int, seed: int) -> list[np.ndarray]:
-        return _length_grouped(self.length, epoch, batch_size, seed)
+    def epoch_batches(self, epoch: int, batch_size: int, seed: int, order: str = "length") -> list[np.ndarray]:
+        return _epoch_batches(self.length, epoch, batch_size, seed, order)
 
     def num_targets(self, index: np.ndarray) -> int:
         return int((self.rows[index, 4] - self.rows[index, 3]).sum())
@@ -147,15 +148,16 @@ class TrainWindows:
                      targets=torch.from_numpy(targets))
 
 
-def _length_grouped(lengths: np.ndarray, epoch: int, batch_size: int, seed: int) -> list[np.ndarray]:
-    """Shuffle, sort by length within windows of 64 batches, cut into batches, shuffle the batches."""
+def _epoch_batches(lengths: np.ndarray, epoch: int, batch_size: int, seed: int, how: str) -> list[np.ndarray]:
+    """Shuffle; for "length", sort by length within windows of 64 batches; cut into batches, shuffle the batches."""
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(lengths))
-    window = batch_size * 64
+    window = batch_size * 64 if how == "length" else len(order) + 1
     batches = []
     for lo in range(0, len(order), window):
         chunk = order[lo : lo + window]
-        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        if how == "length":
+            chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
         batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     if len(batches) > 1 and len(batches[-1]) < batch_size:  # drop the ragged tail batch
         batches.pop()
