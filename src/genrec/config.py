@@ -192,8 +192,7 @@ class TrainConfig:
     target_weights: str = "batch"  # "batch": each batch's loss is the mean over its targets; "equal": every target
     #                                weighs the same whatever its batch (matters for whole-sequence windows, whose
     #                                length-grouped batches hold from 1 to max_history targets per window)
-    batch_order: str = "length"  # "length": each batch holds examples of similar length (little padding, faster);
-    #                              "random": batches drawn uniformly, lengths mixed (as public SASRec code batches)
+    batch_order: str = "length"  # "length": batches of similar lengths (little padding); "random": lengths mixed
     warmup_steps: int = 200  # linear warm-up, then cosine decay to 0 at max_steps
     max_steps: int = 5400  # upper bound on optimizer steps
     max_minutes: float = 0.0  # stop after this much training time (0: no limit); the schedule still spans max_steps
