@@ -406,14 +406,15 @@ def test_settings_added_later_keep_older_run_directories_current():
     from genrec.config import fingerprint
     from genrec.pipeline import LATER, _without_later_defaults, settings
 
-    cfg = load_config(REPO / "configs" / "beauty.yaml", [])
+    before_hybrid = ["model.tiger.text_input=false", "model.tiger.dense_weight=0"]  # the default recipe then
+    cfg = load_config(REPO / "configs" / "beauty.yaml", before_hybrid)
     got = {st: fingerprint(*map(_without_later_defaults, settings(cfg, st).items()))
            for st in ("prepare", "embed", "collab", "quantize", "train", "evaluate")}
     assert got == {"prepare": "69f4e85aaba86b02", "embed": "312a44d21bd0ffad", "collab": "517b7dcb648f1057",
                    "quantize": "6f5998a5cbf40152", "train": "22c3f543944ec373", "evaluate": "e9ffa7ad03639fca"}
-    changed = load_config(REPO / "configs" / "beauty.yaml", ["data.cold_items=0.05", "model.tiger.dense_weight=1"])
+    changed = load_config(REPO / "configs" / "beauty.yaml", ["data.cold_items=0.05"])  # and the hybrid
     assert fingerprint(*map(_without_later_defaults, settings(changed, "prepare").items())) != got["prepare"]
     assert fingerprint(*map(_without_later_defaults, settings(changed, "train").items())) != got["train"]
-    sasrec = load_config(REPO / "configs" / "beauty.yaml", ["model.sasrec.attention_dropout=0"])
+    sasrec = load_config(REPO / "configs" / "beauty.yaml", [*before_hybrid, "model.sasrec.attention_dropout=0"])
     assert fingerprint(*map(_without_later_defaults, settings(sasrec, "collab").items())) != got["collab"]
     assert set(LATER) <= {"data", "quantize", "model.tiger", "model.sasrec", "train"}

@@ -34,7 +34,8 @@ def tiny_config(item_tokens: str = "codes", causal_encoder: bool = False, trie_s
                 decoder_layers: int = 2, num_user_buckets: int = 7, encoder_layers: int = 1) -> TigerConfig:
     return TigerConfig(d_model=16, num_heads=2, head_dim=8, d_ff=32, encoder_layers=encoder_layers,
                        decoder_layers=decoder_layers, dropout=0.0, item_tokens=item_tokens,
-                       num_user_buckets=num_user_buckets, causal_encoder=causal_encoder, trie_softmax=trie_softmax)
+                       num_user_buckets=num_user_buckets, causal_encoder=causal_encoder, trie_softmax=trie_softmax,
+                       text_input=False, dense_weight=0.0)  # generation alone (tests/models/test_dense.py: the rest)
 
 
 def tiny_model(codes: np.ndarray, sizes: list[int], item_tokens: str = "codes", seed: int = 0,

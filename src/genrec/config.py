@@ -133,11 +133,11 @@ class TigerConfig:
     #                            (models/repeat.py): the model learns from the data whether users come back to
     #                            an item (needs trie_softmax; paper: False)
     # the hybrid (LIGER; models/dense.py): item text as input and a dense head beside generation
-    text_input: bool = False  # add each history item's text embedding (the embed stage's), projected, to its token
-    dense_weight: float = 0.0  # > 0: a dense head predicts the next item's vector (full-catalogue softmax), with
-    #                            this weight on its loss; adds the ranking methods of models/dense.py
-    generative_weight: float = 1.0  # weight on the generative loss (loss = generative_weight x generative +
-    #                                  dense_weight x dense)
+    text_input: bool = True  # add each history item's text embedding (the embed stage's), projected, to its token
+    dense_weight: float = 1.0  # > 0: a dense head predicts the next item's vector (full-catalogue softmax), with
+    #                            this weight on its loss; adds the ranking methods of models/dense.py. Items with
+    #                            no text: both are turned off (a warning), unless generative_weight is 0
+    generative_weight: float = 1.0  # loss = generative_weight x generative + dense_weight x dense
     dense_item: str = "text+codes"  # an item's dense vector: "text" (its projected text embedding) or "text+codes"
     #                                  (plus the sum of its code embeddings)
     dense_temperature: float = 0.07  # the dense logits are cosine similarities divided by this

@@ -5,12 +5,14 @@ ranking when K covers the catalogue), and a model directory that carries the tex
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from genrec.data.batches import Batch
+from genrec.errors import GenrecError
 from genrec.ids.catalog import Catalog
 from genrec.models.checkpoint import save_model
 from genrec.models.content import ContentBaseline
@@ -19,7 +21,7 @@ from genrec.models.tiger import Tiger
 from genrec.models.types import offers
 from genrec.search import beam_search
 
-from tiny_tiger import brute_force_scores, collision_catalog, random_batch, tiny_config
+from tiny_tiger import brute_force_scores, collision_catalog, random_batch, tiny_config, tiny_model
 
 
 def dense_model(item_tokens: str = "sum", dense_item: str = "text+codes", repeat_bias: bool = False,
@@ -120,6 +122,51 @@ def test_a_model_directory_carries_the_text_and_the_new_items(tmp_path):
     batch = random_batch(40, 4, seed=2)
     torch.testing.assert_close(dense_log_probs(loaded, batch, True), dense_log_probs(model, batch, True))
     assert torch.isfinite(dense_log_probs(loaded, batch, False)).all()
+
+
+def test_the_hybrid_ranks_by_default_and_generation_and_dense_are_evaluated_beside_it(tmp_path):
+    model = dense_model()
+    assert model.default_methods == ("hybrid", "generative", "dense")
+    assert model.methods[0] == "generative"  # what training selects on
+    dense_only = dense_model()
+    dense_only.cfg = dataclasses.replace(dense_only.cfg, generative_weight=0.0)
+    dense_only.methods = Tiger.offered_methods(dense_only.cfg)
+    assert dense_only.default_methods == ("dense",)
+    codes = collision_catalog(40, [3, 4, 3], seed=7)
+    plain = tiny_model(codes, [3, 4, 3, int(codes[:, -1].max()) + 1])
+    assert plain.default_methods == ("generative",) and ContentBaseline.methods == ("content",)
+
+
+def test_items_without_text_train_generation_alone_and_a_dense_only_model_is_refused(caplog):
+    codes = collision_catalog(40, [3, 4, 3], seed=7)
+    no_text = Catalog([f"i{i}" for i in range(40)], [{} for _ in range(40)], codes, 4)
+    cfg = dataclasses.replace(tiny_config("sum", causal_encoder=True, trie_softmax=True), text_input=True,
+                              dense_weight=1.0)  # the defaults' hybrid
+    with caplog.at_level("WARNING"):
+        model = Tiger.from_catalog(cfg, catalog=no_text, max_history=5)
+    assert "no text" in caplog.text and "generation only" in caplog.text
+    assert (model.cfg.text_input, model.cfg.dense_weight) == (False, 0.0)
+    assert model.text is None and model.dense is None and model.methods == ("generative", "exact")
+    with_text = dataclasses.replace(no_text, text=F.normalize(torch.randn(40, 12), dim=-1).numpy())
+    hybrid = Tiger.from_catalog(cfg, catalog=with_text, max_history=5)
+    assert hybrid.cfg == cfg and hybrid.dense is not None and hybrid.default_methods[0] == "hybrid"
+    with pytest.raises(GenrecError, match="generative_weight=0 leaves only the dense head"):
+        Tiger.from_catalog(dataclasses.replace(cfg, generative_weight=0.0), catalog=no_text, max_history=5)
+
+
+def test_a_model_directory_saved_before_the_hybrid_loads_without_it(tmp_path):
+    codes = collision_catalog(40, [3, 4, 3], seed=7)
+    plain = tiny_model(codes, [3, 4, 3, int(codes[:, -1].max()) + 1], item_tokens="sum", causal_encoder=True,
+                       trie_softmax=True)
+    catalog = Catalog([f"i{i}" for i in range(40)], [{} for _ in range(40)], plain.item_codes.numpy(), 4)
+    save_model(plain, tmp_path / "m", catalog=catalog)
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    del config["model"]["text_input"], config["model"]["dense_weight"]  # as written before the settings existed
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    loaded = Tiger.from_pretrained(tmp_path / "m")
+    assert loaded.dense is None and loaded.methods == ("generative", "exact")
+    batch = random_batch(40, 3, seed=5)
+    assert torch.equal(brute_force_scores(loaded, batch), brute_force_scores(plain.eval(), batch))
 
 
 def test_fusion_adds_the_generative_and_dense_log_probabilities_of_the_same_candidates():

@@ -79,7 +79,7 @@ def test_the_page_searches_builds_a_history_and_recommends(server, browser, tmp_
     wait.until(lambda d: "items" in d.find_element(By.ID, "model").text)
     assert "64 items" in browser.find_element(By.ID, "model").text
     methods = [o.text for o in browser.find_elements(By.CSS_SELECTOR, "#method option")]
-    assert methods[:2] == ["generative", "exact"] and "hybrid" in methods
+    assert methods[:3] == ["hybrid", "generative", "exact"] and "dense" in methods  # the default first
     # search titles and add two items to the history
     browser.find_element(By.ID, "search").send_keys("lipstick")
     browser.find_element(By.ID, "search-button").click()
@@ -153,5 +153,5 @@ def test_sigterm_shuts_the_service_down_cleanly(server):
     text = log.read_text()
     assert "Shutting down" in text and "Application shutdown complete" in text and "Traceback" not in text
     # the startup line says what is served and how
-    startup = r": \d+ items, methods generative, .*(float32|bfloat16) on 1 thread\(s\), batches of up to 64 "
+    startup = r": \d+ items, methods hybrid, generative, .*(float32|bfloat16) on 1 thread\(s\), batches of up to 64 "
     assert re.search(startup, text)

@@ -7,8 +7,8 @@ never confused. Recall@k = share of users whose target is in the top k; NDCG@k =
 over users whose target is in the top k (one relevant item, so the ideal DCG is 1).
 
 Each model offers ranking methods (`RankingMethod`); `evaluate.methods` picks which are evaluated (default:
-the model's first). A method whose ranking is complete (every item scored, e.g. `exact`, `sasrec`) reports
-every k. A top-list method (`generative`: constrained beam search with `beam_size` beams) reports only
+the model's `default_methods`: its first method unless it says, and for the hybrid `hybrid`, `generative` and
+`dense`). A method whose ranking is complete (every item scored, e.g. `exact`, `sasrec`) reports every k. A top-list method (`generative`: constrained beam search with `beam_size` beams) reports only
 k <= beam_size (a larger k would be capped by the beam, and is listed as omitted). The evaluator asks each
 method for the rank of every target in its list (`target_ranks`), which for beam search is a pruned search with
 the same answer (`genrec.search.beam_ranks`).
@@ -89,7 +89,7 @@ class Ranking:
 
 def methods_of(model: RetrievalModel, names: tuple[str, ...]) -> list[RankingMethod]:
     """The model's ranking methods named by `names` (empty: its default), or a GenrecError naming the ones it has."""
-    names = names or model.methods[:1]
+    names = names or tuple(getattr(model, "default_methods", model.methods[:1]))
     unknown = [n for n in names if not offers(tuple(model.methods), n)]
     if unknown:
         raise GenrecError(f"evaluate.methods names {', '.join(unknown)}, which a {type(model).__name__} does not "

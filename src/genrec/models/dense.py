@@ -22,6 +22,8 @@ that generates semantic IDs can also score every item, new ones included.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -30,17 +32,36 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genrec.config import TigerConfig
 from genrec.data.batches import Batch
+from genrec.errors import GenrecError
 from genrec.models.content import recent_text_cosines
 from genrec.models.repeat import RepeatBias, seen_rows
 from genrec.models.types import RankingMethod, method_parameter
 from genrec.search import beam_search, drop_items, ranks_in_scores
 
 if TYPE_CHECKING:
+    from genrec.ids.catalog import Catalog
     from genrec.models.tiger import Tiger
+
+logger = logging.getLogger(__name__)
 
 DENSE_METHODS = ("dense", "hybrid", "fusion", "newshare", "newtext")  # what a model with a dense head offers
 RECENT = 3  # newtext: the history items whose text the new items are compared with (as the content baseline)
+
+
+def without_text_if_none(cfg: TigerConfig, catalog: Catalog) -> TigerConfig:
+    """`cfg`, or, when it reads item text (text input, dense head) and the catalogue has none, `cfg` without
+    either (a warning: generation alone); a GenrecError when the dense head is all it would learn."""
+    if not (cfg.text_input or cfg.dense_weight > 0) or catalog.text is not None:
+        return cfg
+    if cfg.generative_weight == 0:
+        raise GenrecError("model.tiger.generative_weight=0 leaves only the dense head, which reads the items' text "
+                          "embeddings, and this run has none (its items have no text); set "
+                          "model.tiger.generative_weight=1 and model.tiger.dense_weight=0")
+    logger.warning("the items have no text, so TIGER trains without its text input and dense head "
+                   "(model.tiger.text_input and dense_weight need item text): generation only")
+    return dataclasses.replace(cfg, text_input=False, dense_weight=0.0)
 
 
 class ItemText(nn.Module):

@@ -82,6 +82,8 @@ def read_model_dir(directory: Path, classes: dict[str, Any], *, map_location: st
                           f"{', '.join(classes)}); load it with genrec.Recommender.load, or retrain with '{remake}'")
     section_cls = type(getattr(ModelConfig(), kind))
     config["model"].setdefault("repeat_bias", False)  # saved before the option existed: trained without one
+    if kind == "tiger":  # saved before the hybrid existed: no text input, no dense head
+        config["model"].setdefault("text_input", False), config["model"].setdefault("dense_weight", 0.0)
     with torch.random.fork_rng(devices=[]):  # the random init is overwritten: leave the caller's RNG as it was
         model = classes[kind].from_checkpoint(from_dict(section_cls, config["model"]), config["meta"])
     model.load_state_dict(state)
@@ -97,6 +99,12 @@ class Pretrained:
     def offered_methods(cls, section: Any) -> tuple[str, ...]:
         """The ranking methods a model of this config section offers (its class's `methods` unless it says)."""
         return cls.methods
+
+    @property
+    def default_methods(self) -> tuple[str, ...]:
+        """The ranking methods evaluated when `evaluate.methods` is empty; the first is the one `recommend` and the
+        service use unless told. (Training selects on `methods[0]`.)"""
+        return tuple(self.methods[:1])
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, *, device: str = "cpu", revision: str | None = None) -> Any:

@@ -20,23 +20,16 @@ from torch import Tensor, nn
 from genrec.config import TigerConfig
 from genrec.data.batches import Batch
 from genrec.ids.catalog import Catalog
-from genrec.errors import GenrecError
 from genrec.ids.trie import Trie, build_trie
 from genrec.models.code_losses import (code_distributions, masked_cross_entropy, training_child_mask,
                                        without_new_items)
-from genrec.models.dense import DENSE_METHODS, DenseHead, ItemText, dense_ranking
+from genrec.models.dense import DENSE_METHODS, DenseHead, ItemText, dense_ranking, without_text_if_none
 from genrec.models.layers import DecoderLayer, EncoderLayer, Memory
 from genrec.models.pretrained import Pretrained
 from genrec.models.repeat import RepeatBias, child_offsets, history_nodes, seen_rows
 from genrec.models.tiger_decoder import TigerDecoder
 from genrec.models.types import Output, RankingMethod
-from genrec.search import (
-    beam_ranks,
-    beam_search,
-    drop_items,
-    ranks_in_scores,
-    score_catalog,
-)
+from genrec.search import beam_ranks, beam_search, drop_items, ranks_in_scores, score_catalog
 
 
 class Tiger(nn.Module, Pretrained):
@@ -97,6 +90,12 @@ class Tiger(nn.Module, Pretrained):
             return ("dense", "generative", "exact") + DENSE_METHODS[1:]
         return ("generative", "exact") + (DENSE_METHODS if cfg.dense_weight > 0 else ())
 
+    @property
+    def default_methods(self) -> tuple[str, ...]:
+        """With a dense head beside generation: the hybrid (the default ranking), generation and dense."""
+        hybrid = self.methods[0] == "generative" and "hybrid" in self.methods
+        return ("hybrid", "generative", "dense") if hybrid else self.methods[:1]
+
     def checkpoint_meta(self) -> dict[str, Any]:
         return {"level_sizes": self.level_sizes, "max_history": self.max_history,
                 "num_items": int(self.item_codes.shape[0]),
@@ -104,13 +103,8 @@ class Tiger(nn.Module, Pretrained):
 
     @classmethod
     def from_catalog(cls, cfg: TigerConfig, *, catalog: Catalog, max_history: int) -> Tiger:
-        text = None
-        if cls.needs_text(cfg):
-            if catalog.text is None:
-                raise GenrecError("model.tiger.text_input and model.tiger.dense_weight > 0 read the items' text "
-                                  "embeddings, and this run has none (its items have no text, or the embed stage "
-                                  "did not run); set model.tiger.text_input=false and model.tiger.dense_weight=0")
-            text = torch.from_numpy(catalog.text)
+        cfg = without_text_if_none(cfg, catalog)
+        text = torch.from_numpy(catalog.text) if cls.needs_text(cfg) else None
         model = cls(cfg=cfg, item_codes=torch.from_numpy(catalog.require_sids()), level_sizes=catalog.level_sizes,
                     max_history=max_history, item_text=text)
         if catalog.new_items is not None:

@@ -6,6 +6,8 @@
   ranks the catalogue for a batch of histories, and whether that ranking is complete (any k) or a top list; a
   method with a parameter is also asked for as `<name>-<n>` (hybrid-40);
 - `offered_methods(section)` (a classmethod): the methods a model of that config section will offer;
+- `default_methods` (optional; default `methods[:1]`): the methods evaluated when `evaluate.methods` is empty, the
+  first of them what `recommend` and the service use unless told (training selects on `methods[0]`);
 - `all_positions`: whether training feeds whole sequences with a target at every position;
 - `from_catalog(section, catalog=, max_history=)` builds one; `checkpoint_meta()` and
   `from_checkpoint(section, meta)` are what a model directory needs to rebuild it.

@@ -50,6 +50,12 @@ def user_queries(items: list[dict], users: np.ndarray, histories: list[np.ndarra
     return out
 
 
+def history_method(rec) -> str | None:
+    """The recommender's ranking that personalised search combines with the query model: beam search where the
+    model has one (log p(item | history) over as many items as asked), else the model's default."""
+    return "generative" if "generative" in rec.methods else None
+
+
 def history_scores(candidates: list[list[int]], rec_items: list[list[int]], rec_scores: list[list[float]]
                    ) -> list[list[float]]:
     """The recommender's score of each candidate: its log-probability where its beam returned the item, else the

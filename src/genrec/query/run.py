@@ -9,7 +9,7 @@ from genrec.config import Config
 from genrec.errors import GenrecError
 from genrec.query.data import make_queries
 from genrec.query.metrics import query_metrics
-from genrec.query.personal import WEIGHTS, combine, history_scores, user_queries
+from genrec.query.personal import WEIGHTS, combine, history_method, history_scores, user_queries
 from genrec.rundir import RunDir
 
 logger = logging.getLogger(__name__)
@@ -55,7 +55,8 @@ def personal_scores(searcher, rec, queries: list[str], histories: list[list[int]
     rows, qs, hs = [], [], []
     for start in range(0, len(queries), 256):
         r, s = searcher.answer(queries[start:start + 256], candidates, candidates)
-        recs = rec.rank(histories[start:start + 256], [0] * len(r), candidates, False, None, candidates)
+        recs = rec.rank(histories[start:start + 256], [0] * len(r), candidates, False, history_method(rec),
+                        candidates)
         rec_rows = [[searcher.index.get(x.item_id, -1) for x in row] for row in recs]
         rows += r
         qs += s

@@ -21,7 +21,7 @@ from genrec.query.config import QueryConfig
 from genrec.query.describe import PrefixIndex
 from genrec.query.encoder import TextEncoder
 from genrec.query.model import QueryModel
-from genrec.query.personal import rerank
+from genrec.query.personal import history_method, rerank
 from genrec.rundir import RunDir
 
 MAX_QUERY_CHARS = 500
@@ -112,7 +112,8 @@ class Searcher:
         n = max(k, self.cfg.candidates)
         rows, scores = self.answer([query], n, n)
         hist = recommender.history_row(list(history))
-        recs = recommender.rank([hist], [0], min(n, len(recommender.item_ids)), False, None)[0]
+        recs = recommender.rank([hist], [0], min(n, len(recommender.item_ids)), False,
+                                history_method(recommender))[0]
         w = self.history_weight if weight is None else weight
         top, total = rerank(rows[0], scores[0], [self.index.get(r.item_id, -1) for r in recs],
                             [r.score for r in recs], w, k)

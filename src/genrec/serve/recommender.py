@@ -113,8 +113,9 @@ class Recommender:
 
     @property
     def methods(self) -> tuple[str, ...]:
-        """The ranking methods the model offers; the first is the default."""
-        return tuple(self.model.methods)
+        """The ranking methods the model offers; the first is the default (the model's first default method)."""
+        first = tuple(getattr(self.model, "default_methods", self.model.methods))[:1]
+        return first + tuple(m for m in self.model.methods if m not in first)
 
     def recommend(self, histories: Sequence[str] | Sequence[Sequence[str]], k: int = 10, *,
                   exclude_history: bool = True, method: str | None = None
