@@ -44,12 +44,17 @@ def test_the_example_bookshop_runs_with_every_text_column(tmp_path, capsys):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, png
 
 
-def test_items_without_text_skip_the_encoder(tmp_path, capsys):
-    """No items file: the embed stage makes no embeddings (it would embed item-ID strings), and the semantic IDs
-    come from the collaborative embeddings."""
+def test_items_without_text_skip_the_encoder(tmp_path, capsys, caplog):
+    """No items file: the embed stage makes no embeddings (it would embed item-ID strings), the semantic IDs
+    come from the collaborative embeddings, and the default recipe's hybrid trains generation alone."""
     overrides = [o for o in bookshop(tmp_path) if not o.startswith("data.items=")] + ["data.items="]
-    assert main(["run", "-c", str(BOOKSHOP), *overrides]) == 0
+    hybrid = ["model.tiger.text_input=true", "model.tiger.dense_weight=1.0"]  # as the built-in defaults
+    with caplog.at_level("WARNING"):
+        assert main(["run", "-c", str(BOOKSHOP), *overrides, *hybrid]) == 0
+    assert "the items have no text, so TIGER trains without its text input and dense head" in caplog.text
     run = tmp_path / "run"
+    saved = json.loads((run / "train" / "best" / "config.json").read_text())["model"]
+    assert (saved["text_input"], saved["dense_weight"]) == (False, 0.0)
     assert sorted(p.name for p in (run / "embed").iterdir()) == ["embedding_stats.json", "stage.json"]
     assert "no item has text" in json.loads((run / "embed" / "embedding_stats.json").read_text())["skipped"]
     assert json.loads((run / "quantize" / "summary.json").read_text())["embeddings"].startswith("collab/")
