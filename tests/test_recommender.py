@@ -135,6 +135,31 @@ def test_fewer_items_than_asked_are_announced(trained, capsys):
     assert "62 of the 64 items asked for came back" in captured.err and "--include-history" in captured.err
 
 
+def test_the_hybrids_limit_is_announced_and_another_method_can_be_asked_for(hybrid_run, capsys):
+    run_dir, overrides = hybrid_run
+    rec = genrec.Recommender.load(run_dir, dtype="float32")  # as the CLI runs it (evaluate.dtype=float32)
+    assert rec.methods[0] == "hybrid"
+    limit = rec.model.ranking("hybrid").list_size
+    k = limit + 5
+    assert main(["recommend", "-c", str(TINY), *overrides, "--history", rec.item_ids[0], "-k", str(k), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert len(json.loads(captured.out)) <= limit
+    assert f"hybrid returns at most {limit}" in captured.err and "--method dense" in captured.err
+    assert main(["recommend", "-c", str(TINY), *overrides, "--history", rec.item_ids[0], "-k", str(k), "--json",
+                 "--method", "dense"]) == 0
+    captured = capsys.readouterr()
+    want = rec.recommend([rec.item_ids[0]], k=k, method="dense")
+    assert [r["item_id"] for r in json.loads(captured.out)] == [r.item_id for r in want] and len(want) == k
+    assert main(["recommend", "-c", str(TINY), *overrides, "--history", rec.item_ids[0], "--method", "nope"]) == 2
+    assert "method 'nope' is not offered" in capsys.readouterr().err
+
+
+def test_training_validates_only_the_ranking_it_selects_on(hybrid_run):
+    logged = [json.loads(line) for line in (hybrid_run[0] / "train" / "log.jsonl").read_text().splitlines()]
+    valid = {key.split("/")[1] for row in logged for key in row if key.startswith("valid/")}
+    assert valid == {"generative"}
+
+
 def test_a_model_of_another_run_is_refused_for_its_users(trained, tmp_path, tiny_data, capsys):
     """A model trained on other items is never used with this run's users: the item IDs are compared."""
     run_dir, overrides = trained

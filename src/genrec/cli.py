@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--model", help="a model directory to use instead of <run_dir>/train/best (it carries its "
                                       "items; --user takes the users of run_dir)")
     rec.add_argument("--include-history", action="store_true", help="allow items already in the history")
+    rec.add_argument("--method", help="a ranking method the model offers (default: its first, e.g. hybrid)")
     rec.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add = sub.add_parser("add-items", help="add new items (with their text) to a trained model, no retraining")
     with_config(add)
@@ -198,9 +199,14 @@ def _recommend(args: argparse.Namespace) -> int:
     else:
         rec = Recommender.load(run.root, dtype=cfg.evaluate.dtype)
     exclude = not args.include_history
-    recs = rec.recommend(history, args.k, exclude_history=exclude) if args.user is None else \
-        rec.recommend_user(args.user, args.k, exclude_history=exclude)
-    if len(recs) < args.k:
+    recs = rec.recommend(history, args.k, exclude_history=exclude, method=args.method) if args.user is None else \
+        rec.recommend_user(args.user, args.k, exclude_history=exclude, method=args.method)
+    method = args.method or rec.methods[0]
+    limit = rec.model.ranking(method).list_size
+    if len(recs) < args.k and 0 < limit < args.k:
+        print(f"genrec: {len(recs)} of the {args.k} items asked for came back: {method} returns at most {limit} "
+              f"(its candidates and the new items); --method dense ranks every item", file=sys.stderr)
+    elif len(recs) < args.k:
         print(f"genrec: {len(recs)} of the {args.k} items asked for came back: the catalogue has "
               f"{len(rec.item_ids)} items{' and history items are removed (--include-history keeps them)' if exclude else ''}",
               file=sys.stderr)

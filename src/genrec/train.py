@@ -149,10 +149,12 @@ class Progress:
 
 
 def validate(model: nn.Module, ws: Workspace, cfg: Config, dist: DistInfo) -> dict[str, float]:
-    """The model's default ranking on all validation users, at the training's validation beam."""
+    """The model's first ranking method (what selection reads) on all validation users, at the training's
+    validation beam."""
     t = cfg.train
     ks = tuple(k for k in cfg.evaluate.ks if k <= t.valid_beam_size)
-    return evaluate_workspace(model, ws, cfg.evaluate, dist, split="valid", beam_size=t.valid_beam_size, ks=ks).metrics
+    return evaluate_workspace(model, ws, cfg.evaluate, dist, split="valid", beam_size=t.valid_beam_size, ks=ks,
+                              methods=tuple(model.methods[:1])).metrics
 
 
 def load_teacher(run: RunDir, ws: Workspace, device: str) -> nn.Module:
