@@ -10,8 +10,9 @@ Each model offers ranking methods (`RankingMethod`); `evaluate.methods` picks wh
 the model's `default_methods`: its first method unless it says, and for the hybrid `hybrid`, `generative` and
 `dense`). A method whose ranking is complete (every item scored, e.g. `exact`, `sasrec`) reports every k. A
 top-list method (`generative`: constrained beam search with `beam_size` beams) reports only k <= beam_size (a
-larger k would be capped by the beam, and is listed as omitted). The evaluator asks each method for the rank of every target in its list (`target_ranks`), which for beam search is a pruned search with
-the same answer (`genrec.search.beam_ranks`).
+larger k would be capped by the beam, and is listed as omitted). The evaluator asks each method for the rank
+of every target in its list (`target_ranks`), which for beam search is a pruned search with the same answer
+(`genrec.search.beam_ranks`).
 
 Users are sharded across processes as indices[rank::world] with no padding, and sums of per-user metric
 values and user counts are all-reduced, so N processes give the same numbers as one. Validation is for model
