@@ -59,6 +59,12 @@ def test_items_without_text_skip_the_encoder(tmp_path, capsys, caplog):
     assert "no item has text" in json.loads((run / "embed" / "embedding_stats.json").read_text())["skipped"]
     assert json.loads((run / "quantize" / "summary.json").read_text())["embeddings"].startswith("collab/")
     assert (run / "evaluate" / "results.json").exists()
+    # a ranking that needs the dense head is refused before training, not after it
+    steps = (run / "train" / "log.jsonl").read_text()
+    assert main(["train", "-c", str(BOOKSHOP), *overrides, *hybrid, "evaluate.methods=[generative,dense]",
+                 "--force"]) == 2
+    assert "evaluate.methods names dense, which a Tiger does not offer" in capsys.readouterr().err
+    assert (run / "train" / "log.jsonl").read_text() == steps
     # without text and without the collaborative stage there is nothing to build semantic IDs from
     assert main(["quantize", "-c", str(BOOKSHOP), *overrides, "collab.enabled=false", "train.distill=0", "--force"]) == 2
     assert "set collab.enabled=true" in capsys.readouterr().err

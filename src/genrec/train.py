@@ -31,7 +31,7 @@ from genrec.config import Config, TrainConfig
 from genrec.data.batches import Batch, TrainExamples, TrainWindows
 from genrec.distributed import DistInfo, barrier
 from genrec.errors import GenrecError
-from genrec.evaluation.evaluator import evaluate_workspace
+from genrec.evaluation.evaluator import evaluate_workspace, methods_of
 from genrec.files import save_json, write_bytes
 from genrec.models import checkpoint as ckpt
 from genrec.models.registry import MODELS, build_model
@@ -201,6 +201,7 @@ def train(cfg: Config, run: RunDir, out_dir: Path, dist: DistInfo) -> dict[str, 
     ws = load_workspace(cfg, run, with_sids=MODELS[cfg.model.kind].uses_sids)
     torch.manual_seed(t.seed)
     model = build_model(cfg.model, catalog=ws.catalog, max_history=cfg.data.max_history)
+    methods_of(model, cfg.evaluate.methods)  # a method the model cannot offer fails now, not after training
     examples = make_examples(model, ws, cfg.data.max_history)
     if len(examples) == 0:
         raise GenrecError("the training split has no examples (every user needs at least 4 items for "
