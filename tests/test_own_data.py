@@ -66,7 +66,8 @@ def test_items_without_text_skip_the_encoder(tmp_path, capsys, caplog):
     assert "evaluate.methods names dense, which a Tiger does not offer" in capsys.readouterr().err
     assert (run / "train" / "log.jsonl").read_text() == steps
     # without text and without the collaborative stage there is nothing to build semantic IDs from
-    assert main(["quantize", "-c", str(BOOKSHOP), *overrides, "collab.enabled=false", "train.distill=0", "--force"]) == 2
+    assert main(["quantize", "-c", str(BOOKSHOP), *overrides, "collab.enabled=false", "train.distill=0",
+                 "--force"]) == 2
     assert "set collab.enabled=true" in capsys.readouterr().err
 
 
