@@ -42,9 +42,14 @@ COLUMNS = ("cold_users", "hybrid_recall@10", "known_above", "new_above", "dense_
 
 @torch.no_grad()
 def gap(run_dir: str, split: str, candidates: int) -> dict[str, float]:
+    if not (Path(run_dir) / "config.yaml").is_file():
+        sys.exit(f"--run {run_dir}: no config.yaml there; pass the directory of a finished genrec run")
     cfg = load_config(str(Path(run_dir) / "config.yaml"), [f"run_dir={run_dir}"])
     run = RunDir(cfg.run_dir)
     model = load_model(run.model).eval()
+    if getattr(model, "dense", None) is None:
+        sys.exit(f"--run {run_dir}: its model has no dense head (model.tiger.dense_weight=0), so it has no hybrid "
+                 f"to look inside; pass a run trained with model.tiger.dense_weight > 0")
     ws = load_workspace(cfg, run)
     eval_set = getattr(ws.split, split)
     new = model.dense.new_items
