@@ -14,7 +14,9 @@ removed from the ranking, "metrics_with_history" with them kept (the protocol of
 With --seeds, each seed runs both recipes and the metrics become mean, std and values
 (bench/results/beauty_seeds.json); --reuse takes one of those seeds from an earlier single-seed result of the same
 recipes and settings (checked) instead of running it again. --merge builds the same file from single-seed results
-of one recipe that differ only in their seeds (e.g. seeds run side by side, one core each with --threads 1).
+of one recipe that differ only in their seeds and thread counts (e.g. seeds run side by side, one core each with
+--threads 1), or in an early-stopping patience that never stopped training; for a SASRec recipe it keeps the SASRec
+keys, which are otherwise the baseline's.
 """
 
 from __future__ import annotations
@@ -114,15 +116,33 @@ def summarize(per_seed: list[dict]) -> dict:
     return out
 
 
+def settings(part: dict) -> dict:
+    """What decided a single-seed result: its config less the seeds, the run directory and the torch threads (how
+    fast, not what)."""
+    drop = {"seed", "num_threads"}
+    return {k: {kk: vv for kk, vv in v.items() if kk not in drop} if isinstance(v, dict) else v
+            for k, v in part["config"].items() if k != "run_dir"}
+
+
+def alike(a: dict, b: dict) -> bool:
+    """Two single-seed results of one recipe: the same settings, where an early-stopping patience may differ only
+    when both trainings ran their whole schedule (it never acted)."""
+    ran_out = lambda p: p["train"]["steps"] >= p["config"]["train"]["max_steps"]  # noqa: E731
+    sa, sb = settings(a), settings(b)
+    if ran_out(a) and ran_out(b):
+        for s in (sa, sb):
+            s["train"].pop("patience", None)
+    return sa == sb
+
+
 def merge(paths: list[str], out_path: str) -> None:
     """The seeds file from single-seed results of the main recipe whose settings differ only in seeds."""
     parts = [json.loads(Path(path).read_text()) for path in paths]
-    strip = lambda c: {k: {kk: vv for kk, vv in v.items() if kk != "seed"} if isinstance(v, dict) else v  # noqa: E731
-                       for k, v in c.items() if k != "run_dir"}
     for path, part in zip(paths[1:], parts[1:]):
-        if strip(part["config"]) != strip(parts[0]["config"]):
+        if not alike(part, parts[0]):
             sys.exit(f"--merge: {path} has other settings than {paths[0]} (beyond the seeds); merge like with like")
-    main_only = lambda m: {k: v for k, v in m.items() if k.split("/")[1] != "sasrec"}  # noqa: E731
+    baseline = "" if parts[0]["config"]["model"]["kind"] == "sasrec" else "sasrec"  # a SASRec recipe keeps its own
+    main_only = lambda m: {k: v for k, v in m.items() if k.split("/")[1] != baseline}  # noqa: E731
     out = {"command": " ".join([os.path.basename(sys.executable), *sys.argv]), "merged_from": paths,
            "machine": [p["machine"] for p in parts], "versions": [p["versions"] for p in parts],
            "seeds": [p["seed"] for p in parts], "wall_seconds": [p["wall_seconds"] for p in parts],
