@@ -16,7 +16,7 @@ from genrec.errors import GenrecError
 from genrec.ids.catalog import Catalog
 from genrec.models.checkpoint import save_model
 from genrec.models.content import ContentBaseline
-from genrec.models.dense import dense_log_probs, fusion_scores, hybrid_scores, new_share_log_probs
+from genrec.models.dense import dense_log_probs, fusion_scores, hybrid_scores, item_vectors, new_share_log_probs
 from genrec.models.tiger import Tiger
 from genrec.models.types import offers
 from genrec.search import beam_search
@@ -260,3 +260,22 @@ def test_newtext_spreads_the_new_items_share_by_text_likeness_to_the_last_items(
     torch.testing.assert_close(method.recommend(batch, 40, False)[1], got.sort(1, descending=True).values)
     removed = new_share_log_probs(model, batch, 0.2, True, by_text=True)
     assert torch.equal(torch.isinf(removed), torch.isinf(dense_log_probs(model, batch, True)))
+
+
+def test_item_vectors_are_kept_between_ranking_calls_until_a_source_changes():
+    model = dense_model().eval()
+    with torch.no_grad():
+        first = item_vectors(model)
+        assert item_vectors(model) is first  # kept
+        assert torch.equal(first, model.dense_vectors())
+        model.text.proj.weight.add_(0.5)  # an optimiser step changes it in place
+        changed = item_vectors(model)
+        assert changed is not first and torch.equal(changed, model.dense_vectors())
+        model.item_codes = model.item_codes.flip(0)  # a new tensor (items re-coded or added)
+        assert torch.equal(item_vectors(model), model.dense_vectors())
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # per autocast setting
+            low = item_vectors(model)
+            assert torch.equal(low, model.dense_vectors())
+        assert not torch.equal(low, item_vectors(model)) and torch.equal(item_vectors(model), model.dense_vectors())
+    model.train()
+    assert item_vectors(model).requires_grad  # training recomputes, with gradients

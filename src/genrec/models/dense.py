@@ -103,11 +103,30 @@ class DenseHead(nn.Module):
         return z
 
 
+def item_vectors(model: Tiger) -> Tensor:
+    """`model.dense_vectors()`, kept between ranking calls while nothing it is made from has changed: projecting
+    every item's text is most of a lone request's dense scoring. Recomputed in training or under autograd (it must
+    carry gradients), after any in-place change of a source (an optimiser step, items added) and per autocast
+    setting."""
+    if model.training or torch.is_grad_enabled():
+        return model.dense_vectors()
+    assert model.text is not None
+    device = model.text.item_text.device.type
+    sources = (model.text.item_text, model.text.proj.weight, model.item_codes, model.offsets, model.code_emb.weight)
+    key = (torch.is_autocast_enabled(device), torch.get_autocast_dtype(device), model.cfg.dense_item)
+    cached = model.__dict__.get("_item_vectors")  # (sources, their versions, key, vectors)
+    if cached is None or cached[2] != key or any(a is not b or a._version != v
+                                                 for a, b, v in zip(sources, cached[0], cached[1])):
+        cached = (sources, tuple(t._version for t in sources), key, model.dense_vectors())
+        model.__dict__["_item_vectors"] = cached
+    return cached[3]
+
+
 def dense_logits(model: Tiger, batch: Batch) -> tuple[Tensor, Tensor]:
     """The dense head's logits over the catalogue after each history [B, N], and the histories [B, T] it read."""
     history = batch.history[:, -model.max_history :]
     memory = model.encode(Batch(batch.users, history))
-    return model.dense.logits(model.item_states(memory)[:, -1], model.dense_vectors(), history, None), history
+    return model.dense.logits(model.item_states(memory)[:, -1], item_vectors(model), history, None), history
 
 
 def dense_log_probs(model: Tiger, batch: Batch, exclude_history: bool) -> Tensor:
