@@ -136,7 +136,7 @@ def alike(a: dict, b: dict) -> bool:
 
 
 def merge(paths: list[str], out_path: str) -> None:
-    """The seeds file from single-seed results of the main recipe whose settings differ only in seeds."""
+    """The seeds file from single-seed results of the main recipe that are `alike`."""
     parts = [json.loads(Path(path).read_text()) for path in paths]
     for path, part in zip(paths[1:], parts[1:]):
         if not alike(part, parts[0]):

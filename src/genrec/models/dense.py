@@ -113,13 +113,12 @@ def item_vectors(model: Tiger) -> Tensor:
     assert model.text is not None
     device = model.text.item_text.device.type
     sources = (model.text.item_text, model.text.proj.weight, model.item_codes, model.offsets, model.code_emb.weight)
-    key = (torch.is_autocast_enabled(device), torch.get_autocast_dtype(device), model.cfg.dense_item)
-    cached = model.__dict__.get("_item_vectors")  # (sources, their versions, key, vectors)
-    if cached is None or cached[2] != key or any(a is not b or a._version != v
-                                                 for a, b, v in zip(sources, cached[0], cached[1])):
-        cached = (sources, tuple(t._version for t in sources), key, model.dense_vectors())
-        model.__dict__["_item_vectors"] = cached
-    return cached[3]
+    key = (tuple((t.data_ptr(), t._version) for t in sources), torch.is_autocast_enabled(device),
+           torch.get_autocast_dtype(device))  # as the decoder's node states are kept (models/tiger_decoder.py)
+    cached = model.__dict__.get("_item_vectors")
+    if cached is None or cached[0] != key:
+        cached = model.__dict__["_item_vectors"] = (key, model.dense_vectors())
+    return cached[1]
 
 
 def dense_logits(model: Tiger, batch: Batch) -> tuple[Tensor, Tensor]:
